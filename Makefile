@@ -1,0 +1,44 @@
+# CPU set-up pins the CPU build of torch (a plain `torch` would pull several GB of CUDA wheels).
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+CPU_DEPS := torch==2.13.0 triton==3.9.0 numpy pytest matplotlib
+HAS_GPU := $(shell $(PY) -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1 && echo 1)
+
+.PHONY: demo test test-interpret test-aot test-gpu bench venv clean
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check $(CPU_DEPS)
+	$(VPY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# Main job: the decode benchmark on a GPU; a correctness demo through the Triton interpreter otherwise.
+demo:
+ifeq ($(HAS_GPU),1)
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/bench_decode.py --plot
+else
+	$(MAKE) venv
+	TRITON_INTERPRET=1 $(VPY) examples/cpu_demo.py
+endif
+
+# CPU tiers: kernels under the interpreter, then an ahead-of-time compile for cuda:90 and hip:gfx942.
+test: venv test-interpret test-aot
+
+test-interpret: venv
+	TRITON_INTERPRET=1 $(VPY) -m pytest -q -m "not gpu" --ignore=tests/test_aot_compile.py tests
+
+test-aot: venv
+	$(VPY) -m pytest -q tests/test_aot_compile.py
+
+# GPU tier (device machine): the same tests at realistic sizes in bfloat16, graphs and torch.compile.
+test-gpu:
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q -x tests --ignore=tests/test_aot_compile.py
+
+bench:
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/bench_decode.py --plot
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/bench_ops.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

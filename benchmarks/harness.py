@@ -1,0 +1,171 @@
+"""One benchmark harness for every op: graph-replay kernel timing with the L2 flushed before each
+replay, eager host timing, the measured copy ceiling, JSON rows with GPU and library versions,
+markdown tables. Benchmarks import FlashInfer when it is installed and skip it when not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def try_import_flashinfer():
+    """The comparison peer, or None when it is not installed (its JIT may compile on first use)."""
+    try:
+        import flashinfer  # noqa: F401
+
+        return flashinfer
+    except Exception as exc:  # noqa: BLE001 - any import failure means "peer absent"
+        print(f"[harness] FlashInfer not available ({type(exc).__name__}: {exc}); its rows are skipped")
+        return None
+
+
+_L2_FLUSH: Optional[torch.Tensor] = None
+
+
+def _flush_l2():
+    global _L2_FLUSH
+    if _L2_FLUSH is None:
+        _L2_FLUSH = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")
+    _L2_FLUSH.zero_()
+
+
+def time_graph(fn: Callable[[], object], reps: int = 100, warmup: int = 5, flush_l2: bool = True) -> float:
+    """Median kernel time in microseconds of ``fn`` captured in a CUDA graph and replayed ``reps``
+    times, the L2 cache flushed before each replay so small problems do not measure the cache."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    for _ in range(warmup):
+        graph.replay()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        if flush_l2:
+            _flush_l2()
+        starts[i].record()
+        graph.replay()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) * 1e3
+
+
+def time_eager(fn: Callable[[], object], reps: int = 100, warmup: int = 5, flush_l2: bool = True) -> float:
+    """Median time in microseconds between CUDA events around an eager call (kernel plus launch gaps)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        if flush_l2:
+            _flush_l2()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) * 1e3
+
+
+def host_time(fn: Callable[[], object], reps: int = 200, warmup: int = 10) -> float:
+    """Median host (CPU) time in microseconds of one call, not waiting for the GPU. Synchronizes
+    every 20 calls so the launch queue never fills and the figure stays the host's own cost."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+        if i % 20 == 19:
+            torch.cuda.synchronize()
+    torch.cuda.synchronize()
+    return statistics.median(samples) * 1e6
+
+
+_COPY_TBPS: Optional[float] = None
+
+
+def copy_ceiling_tbps() -> float:
+    """Measured device-to-device copy bandwidth in TB/s, counting bytes read plus bytes written."""
+    global _COPY_TBPS
+    if _COPY_TBPS is None:
+        n = 1 << 30
+        a = torch.empty(n, dtype=torch.uint8, device="cuda")
+        b = torch.empty_like(a)
+        us = time_eager(lambda: b.copy_(a), reps=30, flush_l2=False)
+        _COPY_TBPS = 2 * n / (us * 1e-6) / 1e12
+    return _COPY_TBPS
+
+
+def environment() -> Dict[str, str]:
+    import triton
+
+    env = {
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    try:
+        import flashinfer
+
+        env["flashinfer"] = getattr(flashinfer, "__version__", "unknown")
+    except Exception:  # noqa: BLE001
+        env["flashinfer"] = "absent"
+    return env
+
+
+def write_results(name: str, rows: List[dict], command: str, extra: Optional[dict] = None) -> str:
+    """Write ``benchmarks/results/<name>.json`` (the latest run: environment, command, rows)."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    payload = {"environment": environment(), "command": command, "rows": rows}
+    if extra:
+        payload.update(extra)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
+            json.dump(payload, f, indent=1)
+    return path
+
+
+def markdown_table(header: List[str], rows: List[List[object]]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def geomean(values: List[float]) -> float:
+    import math
+
+    values = [v for v in values if v and v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")

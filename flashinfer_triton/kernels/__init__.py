@@ -1,0 +1,49 @@
+"""@triton.jit kernels only; one module per kernel family.
+
+Every module that holds kernels defines ``aot_configs() -> list[AotConfig]``: each kernel with every
+constexpr configuration its launcher can pick. ``tests/test_aot_compile.py`` compiles all of them
+for ``cuda:90`` (H100) and ``hip:gfx942`` (MI300X) on a CPU-only machine.
+"""
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List
+
+
+@dataclass(frozen=True)
+class AotConfig:
+    """One kernel specialization: ``signature`` maps every argument to a Triton type string
+    ("*fp16", "i32", "fp32", ...) or "constexpr"; ``constexprs`` gives the constexpr values."""
+
+    kernel: Callable
+    signature: Dict[str, str]
+    constexprs: Dict[str, Any]
+    num_warps: int = 4
+    num_stages: int = 2
+    name: str = field(default="")
+
+
+TORCH_TO_TRITON = {
+    "torch.float16": "fp16",
+    "torch.bfloat16": "bf16",
+    "torch.float32": "fp32",
+    "torch.float8_e4m3fn": "fp8e4nv",
+    "torch.int32": "i32",
+    "torch.int64": "i64",
+    "torch.uint8": "u8",
+}
+
+
+def ptr(dtype) -> str:
+    """Triton pointer type string for a torch dtype."""
+    return "*" + TORCH_TO_TRITON[str(dtype)]
+
+
+def all_aot_configs() -> List[AotConfig]:
+    configs: List[AotConfig] = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "aot_configs"):
+            configs.extend(module.aot_configs())
+    return configs
