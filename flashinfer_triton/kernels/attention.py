@@ -1,0 +1,318 @@
+"""The one attention kernel family: decode, prefill (ragged and paged), cascade levels.
+
+A program takes one work item ``(request, q tile, kv chunk)`` from the scheduler's list and one KV
+head (grid axis 1). It packs the query heads that share that KV head, times a tile of query rows,
+into the M dimension of ``tl.dot`` (row m = query ``q_start + m // GROUP``, head
+``kv_head * GROUP + m % GROUP``), walks its KV chunk ``BLOCK_N`` tokens at a time through the page
+table, and writes either the final output (request not split) or a float32 partial (o, lse) that
+``merge_partials_kernel`` combines. Softmax runs in base 2: logits are scaled by
+``sm_scale * log2(e)`` and the LSE written is ``log2(sum(2^(s * log2 e)))`` over scaled logits s.
+"""
+
+import triton
+import triton.language as tl
+
+from . import AotConfig, ptr
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _tanh(x):
+    # Portable tanh (no libdevice, so the same code builds for CUDA and HIP); exact at +-inf.
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _rope_rotate(x, x_swapped, pos, o_d, rope_rcp_scale, rope_log2_rcp_theta, HEAD_DIM: tl.constexpr):
+    """Llama RoPE (rotate-half): x * cos + rotate_half(x) * sin; ``x_swapped`` holds x at
+    (d + D/2) % D. ``pos`` is [rows] float32, the result is float32 [rows, BLOCK_D]."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    i = (o_d % HALF).to(tl.float32)
+    freq = rope_rcp_scale * tl.exp2(rope_log2_rcp_theta * (2.0 * i / HEAD_DIM))
+    angle = pos[:, None] * freq[None, :]
+    sign = tl.where(o_d < HALF, -1.0, 1.0)
+    return x.to(tl.float32) * tl.cos(angle) + sign[None, :] * x_swapped.to(tl.float32) * tl.sin(angle)
+
+
+@triton.jit
+def attention_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, part_o_ptr, part_lse_ptr,
+    item_req_ptr, item_q_start_ptr, item_kv_start_ptr, item_kv_end_ptr, item_chunk_ptr,
+    qo_indptr_ptr, kv_begin_ptr, kv_len_ptr, part_base_ptr,
+    kv_indices_ptr, mask_ptr, mask_indptr_ptr, alibi_ptr,
+    stride_qn, stride_qh, stride_kp, stride_kt, stride_kh, stride_vp, stride_vt, stride_vh,
+    stride_on, stride_oh,
+    num_qo_heads, page_size,
+    sm_scale_log2, soft_cap, window_left, rope_rcp_scale, rope_log2_rcp_theta, v_scale,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_VO: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr,
+    POS_ENC: tl.constexpr, CUSTOM_MASK: tl.constexpr, WRITE_LSE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr = "tf32",
+):
+    """Shapes (elements): q [N_q, H_qo, HEAD_DIM]; paged K/V addressed as
+    page * stride_kp + slot * stride_kt + head * stride_kh (ragged: token * stride_kt + ...);
+    o [N_q, H_qo, HEAD_DIM_VO]; lse [N_q, H_qo] float32 (base 2); partials float32
+    part_o [rows, H_qo, HEAD_DIM_VO], part_lse [rows, H_qo]. POS_ENC: 0 none, 1 RoPE (llama), 2 ALiBi.
+    ``sm_scale_log2`` is sm_scale * log2(e) (or sm_scale / soft_cap when SOFT_CAP)."""
+    TILE_Q: tl.constexpr = BLOCK_M // GROUP
+    item = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    req = tl.load(item_req_ptr + item)
+    if req < 0:  # padding item of a CUDA-graph sized grid
+        return
+    q_start = tl.load(item_q_start_ptr + item)
+    kv_start = tl.load(item_kv_start_ptr + item)
+    kv_end = tl.load(item_kv_end_ptr + item)
+    chunk = tl.load(item_chunk_ptr + item)
+    qo_begin = tl.load(qo_indptr_ptr + req)
+    qo_len = tl.load(qo_indptr_ptr + req + 1) - qo_begin
+    kv_begin = tl.load(kv_begin_ptr + req).to(tl.int64)
+    kv_len = tl.load(kv_len_ptr + req)
+    part_base = tl.load(part_base_ptr + req)
+
+    o_m = tl.arange(0, BLOCK_M)
+    q_idx = q_start + o_m // GROUP  # query index inside the request
+    head = kv_head * GROUP + o_m % GROUP
+    m_row = (o_m // GROUP < TILE_Q) & (q_idx < qo_len)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
+    o_dv = tl.arange(0, BLOCK_DV)
+    m_dv = o_dv < HEAD_DIM_VO
+
+    q_row = (qo_begin + q_idx).to(tl.int64)
+    p_q = q_ptr + q_row[:, None] * stride_qn + head.to(tl.int64)[:, None] * stride_qh
+    b_q = tl.load(p_q + o_d[None, :], mask=m_row[:, None] & m_d[None, :], other=0.0)
+    # Bottom-right alignment: query q_idx sits at position q_idx + kv_len - qo_len.
+    q_pos = q_idx + kv_len - qo_len
+    if POS_ENC == 1:
+        o_swap = (o_d + HEAD_DIM // 2) % HEAD_DIM
+        b_q_sw = tl.load(p_q + o_swap[None, :], mask=m_row[:, None] & m_d[None, :], other=0.0)
+        b_q = _rope_rotate(b_q, b_q_sw, q_pos.to(tl.float32), o_d, rope_rcp_scale, rope_log2_rcp_theta, HEAD_DIM)
+        b_q = b_q.to(k_ptr.dtype.element_ty)
+    if POS_ENC == 2:
+        # ALiBi bias slope * (kv_idx - q_idx) in natural units, FlashInfer's convention (raw q_idx).
+        slope_log2 = tl.load(alibi_ptr + head, mask=m_row, other=0.0) * 1.4426950408889634
+
+    # Effective KV range of this tile: causal and window limits of its first/last query.
+    lo = kv_start
+    hi = kv_end
+    last_q_pos = tl.minimum(q_start + TILE_Q, qo_len) - 1 + kv_len - qo_len
+    if CAUSAL:
+        hi = tl.minimum(hi, last_q_pos + 1)
+    if HAS_WINDOW:
+        first_q_pos = q_start + kv_len - qo_len
+        lo = tl.maximum(lo, first_q_pos - window_left)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    if CUSTOM_MASK:
+        mask_base = tl.load(mask_indptr_ptr + req).to(tl.int64)
+
+    for start in range(lo, hi, BLOCK_N):
+        o_n = start + tl.arange(0, BLOCK_N)
+        m_n = o_n < hi
+        if PAGED:
+            page = tl.load(kv_indices_ptr + kv_begin + o_n // page_size, mask=m_n, other=0).to(tl.int64)
+            slot = (o_n % page_size).to(tl.int64)
+            k_row = page * stride_kp + slot * stride_kt
+            v_row = page * stride_vp + slot * stride_vt
+        else:
+            tok = kv_begin + o_n.to(tl.int64)
+            k_row = tok * stride_kt
+            v_row = tok * stride_vt
+        p_k = k_ptr + (k_row + kv_head * stride_kh)[:, None]
+        b_k = tl.load(p_k + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+        if POS_ENC == 1:
+            b_k_sw = tl.load(p_k + o_swap[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+            b_k = _rope_rotate(b_k, b_k_sw, o_n.to(tl.float32), o_d, rope_rcp_scale, rope_log2_rcp_theta, HEAD_DIM)
+        b_k = b_k.to(b_q.dtype)
+        s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
+        if SOFT_CAP:
+            s = (soft_cap * 1.4426950408889634) * _tanh(s * sm_scale_log2)
+        else:
+            s = s * sm_scale_log2
+        if POS_ENC == 2:
+            s += slope_log2[:, None] * (o_n[None, :] - q_idx[:, None]).to(tl.float32)
+        keep = m_n[None, :] & m_row[:, None]
+        if CAUSAL:
+            keep &= o_n[None, :] <= q_pos[:, None]
+        if HAS_WINDOW:
+            keep &= o_n[None, :] >= q_pos[:, None] - window_left
+        if CUSTOM_MASK:
+            bit = q_idx.to(tl.int64)[:, None] * kv_len + o_n[None, :]
+            byte = tl.load(mask_ptr + mask_base + bit // 8, mask=keep, other=0)
+            keep &= ((byte >> (bit % 8).to(tl.uint8)) & 1) != 0
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        p_v = v_ptr + (v_row + kv_head * stride_vh)[:, None]
+        b_v = tl.load(p_v + o_dv[None, :], mask=m_n[:, None] & m_dv[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(b_q.dtype), b_v.to(b_q.dtype), input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+    if part_base >= 0:
+        part_row = (part_base + chunk * qo_len + q_idx).to(tl.int64) * num_qo_heads + head
+        tl.store(part_o_ptr + part_row[:, None] * HEAD_DIM_VO + o_dv[None, :], out,
+                 mask=m_row[:, None] & m_dv[None, :])
+        tl.store(part_lse_ptr + part_row, lse, mask=m_row)
+    else:
+        out = out * v_scale
+        p_o = o_ptr + q_row[:, None] * stride_on + head.to(tl.int64)[:, None] * stride_oh + o_dv[None, :]
+        tl.store(p_o, out.to(o_ptr.dtype.element_ty), mask=m_row[:, None] & m_dv[None, :])
+        if WRITE_LSE:
+            tl.store(lse_ptr + q_row * num_qo_heads + head, lse, mask=m_row)
+
+
+@triton.jit
+def merge_partials_kernel(
+    part_o_ptr, part_lse_ptr, o_ptr, lse_ptr,
+    merge_out_row_ptr, merge_part_row_ptr, merge_stride_ptr, merge_count_ptr,
+    stride_on, stride_oh, num_qo_heads, v_scale,
+    HEAD_DIM_VO: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_H: tl.constexpr, WRITE_LSE: tl.constexpr,
+):
+    """Combine the split-KV partials of one query row (``BLOCK_H`` heads per program) by their
+    base-2 LSE. Partials of row j are at rows part_row[j] + c * stride[j], c < count[j]."""
+    j = tl.program_id(0)
+    out_row = tl.load(merge_out_row_ptr + j)
+    if out_row < 0:
+        return
+    part_row = tl.load(merge_part_row_ptr + j).to(tl.int64)
+    stride = tl.load(merge_stride_ptr + j).to(tl.int64)
+    count = tl.load(merge_count_ptr + j)
+    o_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_h = o_h < num_qo_heads
+    o_dv = tl.arange(0, BLOCK_DV)
+    m_dv = o_dv < HEAD_DIM_VO
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)
+    for c in range(0, count):
+        row = (part_row + c * stride) * num_qo_heads + o_h
+        s = tl.load(part_lse_ptr + row, mask=m_h, other=float("-inf"))
+        v = tl.load(part_o_ptr + row[:, None] * HEAD_DIM_VO + o_dv[None, :], mask=m_h[:, None] & m_dv[None, :], other=0.0)
+        m_new = tl.maximum(m_i, s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        w = tl.exp2(s - m_safe)
+        l_i = l_i * alpha + w
+        acc = acc * alpha[:, None] + w[:, None] * v
+        m_i = m_new
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None] * v_scale
+    out_row64 = out_row.to(tl.int64)
+    p_o = o_ptr + out_row64 * stride_on + o_h.to(tl.int64)[:, None] * stride_oh + o_dv[None, :]
+    tl.store(p_o, out.to(o_ptr.dtype.element_ty), mask=m_h[:, None] & m_dv[None, :])
+    if WRITE_LSE:
+        lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+        tl.store(lse_ptr + out_row64 * num_qo_heads + o_h, lse, mask=m_h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configurations: the launchers and the AOT tier share these tables.
+
+def decode_block_config(group: int, head_dim: int):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for one query row per request."""
+    block_m = max(16, triton.next_power_of_2(group))
+    block_n = 64 if head_dim <= 128 else 32
+    return block_m, block_n, 4, 2
+
+
+def prefill_block_config(group: int, head_dim: int, max_qo_len: int):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for query tiles of BLOCK_M // group rows."""
+    if max_qo_len * group <= 16:
+        return decode_block_config(group, head_dim)
+    if head_dim <= 64:
+        return 128, 64, 4, 2
+    if head_dim <= 128:
+        return 128, 64, 8, 2
+    return 64, 32, 4, 2
+
+
+def merge_block_config(num_qo_heads: int, head_dim_vo: int):
+    """(BLOCK_H, num_warps) for the partial merge."""
+    block_h = min(triton.next_power_of_2(num_qo_heads), max(1, 4096 // triton.next_power_of_2(head_dim_vo)), 16)
+    return block_h, 4
+
+
+def _attention_signature(q_dtype, kv_dtype, o_dtype):
+    sig = {
+        "q_ptr": ptr(q_dtype), "k_ptr": ptr(kv_dtype), "v_ptr": ptr(kv_dtype), "o_ptr": ptr(o_dtype),
+        "lse_ptr": "*fp32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
+    }
+    for name in ("item_req_ptr", "item_q_start_ptr", "item_kv_start_ptr", "item_kv_end_ptr", "item_chunk_ptr",
+                 "qo_indptr_ptr", "kv_begin_ptr", "kv_len_ptr", "part_base_ptr", "kv_indices_ptr",
+                 "mask_indptr_ptr"):
+        sig[name] = "*i32"
+    sig["mask_ptr"] = "*u8"
+    sig["alibi_ptr"] = "*fp32"
+    for name in ("stride_qn", "stride_qh", "stride_kp", "stride_kt", "stride_kh", "stride_vp", "stride_vt",
+                 "stride_vh", "stride_on", "stride_oh", "num_qo_heads", "page_size"):
+        sig[name] = "i32"
+    for name in ("sm_scale_log2", "soft_cap"):
+        sig[name] = "fp32"
+    sig["window_left"] = "i32"
+    for name in ("rope_rcp_scale", "rope_log2_rcp_theta", "v_scale"):
+        sig[name] = "fp32"
+    for name in ("GROUP", "BLOCK_M", "BLOCK_N", "HEAD_DIM", "BLOCK_D", "HEAD_DIM_VO", "BLOCK_DV", "PAGED",
+                 "CAUSAL", "HAS_WINDOW", "SOFT_CAP", "POS_ENC", "CUSTOM_MASK", "WRITE_LSE", "DOT_PRECISION"):
+        sig[name] = "constexpr"
+    return sig
+
+
+def attention_constexprs(group, block_m, block_n, head_dim, head_dim_vo, paged, causal, has_window,
+                         soft_cap, pos_enc, custom_mask, write_lse):
+    return dict(
+        GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim), HEAD_DIM_VO=head_dim_vo,
+        BLOCK_DV=triton.next_power_of_2(head_dim_vo), PAGED=paged, CAUSAL=causal, HAS_WINDOW=has_window,
+        SOFT_CAP=soft_cap, POS_ENC=pos_enc, CUSTOM_MASK=custom_mask, WRITE_LSE=write_lse,
+        DOT_PRECISION="tf32",
+    )
+
+
+def aot_configs():
+    import torch
+
+    configs = []
+    # Block shapes for every head dim and group the launchers accept; variants on the common case.
+    for dtype in (torch.float16, torch.bfloat16):
+        for head_dim in (64, 96, 128, 256):
+            for group in (1, 4, 8, 16):
+                for kind, (bm, bn, warps, stages) in (
+                    ("decode", decode_block_config(group, head_dim)),
+                    ("prefill", prefill_block_config(group, head_dim, 1 << 20)),
+                ):
+                    for paged in (True, False):
+                        if kind == "decode" and not paged:
+                            continue
+                        cx = attention_constexprs(group, bm, bn, head_dim, head_dim, paged, kind == "prefill",
+                                                  False, False, 0, False, True)
+                        configs.append(AotConfig(attention_fwd_kernel, _attention_signature(dtype, dtype, dtype), cx,
+                                                 warps, stages, f"attn_{kind}_{'paged' if paged else 'ragged'}_{dtype}_d{head_dim}_g{group}"))
+        for variant in ("window", "softcap", "rope", "alibi", "mask"):
+            for kind, (bm, bn, warps, stages) in (("decode", decode_block_config(4, 128)),
+                                                  ("prefill", prefill_block_config(4, 128, 1 << 20))):
+                cx = attention_constexprs(4, bm, bn, 128, 128, True, kind == "prefill", variant == "window",
+                                          variant == "softcap", {"rope": 1, "alibi": 2}.get(variant, 0),
+                                          variant == "mask", True)
+                configs.append(AotConfig(attention_fwd_kernel, _attention_signature(dtype, dtype, dtype), cx,
+                                         warps, stages, f"attn_{kind}_{variant}_{dtype}"))
+        for head_dim in (64, 96, 128, 256):
+            bh, warps = merge_block_config(32, head_dim)
+            sig = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "o_ptr": ptr(dtype), "lse_ptr": "*fp32"}
+            for name in ("merge_out_row_ptr", "merge_part_row_ptr", "merge_stride_ptr", "merge_count_ptr"):
+                sig[name] = "*i32"
+            sig.update(stride_on="i32", stride_oh="i32", num_qo_heads="i32", v_scale="fp32",
+                       HEAD_DIM_VO="constexpr", BLOCK_DV="constexpr", BLOCK_H="constexpr", WRITE_LSE="constexpr")
+            cx = dict(HEAD_DIM_VO=head_dim, BLOCK_DV=triton.next_power_of_2(head_dim), BLOCK_H=bh, WRITE_LSE=True)
+            configs.append(AotConfig(merge_partials_kernel, sig, cx, warps, 1, f"merge_{dtype}_d{head_dim}"))
+    return configs
