@@ -14,7 +14,8 @@ from typing import Dict, Optional
 import torch
 
 from ._utils import LOG2E, check_tensor
-from .kernels.attention import attention_fwd_kernel, merge_block_config, merge_partials_kernel
+from ._launch import launch
+from .kernels.attention import attention_constexprs, attention_fwd_kernel, merge_block_config, merge_partials_kernel
 
 # float32 is an extension over FlashInfer (exact matrix products, for references and the CPU tier).
 KV_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2)
@@ -126,69 +127,83 @@ class AttentionParams:
     def tile_q(self) -> int:
         return self.block_m // self.group
 
+    def constexprs(self, has_window: bool, write_lse: bool, fp32: bool) -> Dict[str, object]:
+        key = (has_window, write_lse, fp32)
+        cache = self.__dict__.setdefault("_constexpr_cache", {})
+        if key not in cache:
+            cx = attention_constexprs(self.group, self.block_m, self.block_n, self.head_dim, self.head_dim_vo, self.paged,
+                                      self.causal, has_window, self.logits_soft_cap > 0, self.pos_enc, self.custom_mask,
+                                      write_lse)
+            cx["DOT_PRECISION"] = "ieee" if fp32 else "tf32"
+            cache[key] = cx
+        return cache[key]
 
-def launch_attention(
-    p: AttentionParams,
-    q: torch.Tensor,
-    kv: KVView,
-    out: torch.Tensor,
-    lse: Optional[torch.Tensor],
-    meta: Dict[str, torch.Tensor],
-    kv_indices: Optional[torch.Tensor],
-    part_o: torch.Tensor,
-    part_lse: torch.Tensor,
-    grid_items: int,
-    grid_merge: int,
-    mask: Optional[torch.Tensor] = None,
-    mask_indptr: Optional[torch.Tensor] = None,
-    alibi: Optional[torch.Tensor] = None,
-    q_scale: float = 1.0,
-    k_scale: float = 1.0,
-    v_scale: float = 1.0,
-    window_left: Optional[int] = None,
-) -> None:
-    """Launch the attention kernel over ``grid_items`` work items and, when some request is split,
-    the merge kernel over ``grid_merge`` query rows. ``out`` [N_q, H_qo, D_vo]; ``lse`` [N_q, H_qo]
-    float32 in base 2 or None."""
-    device = q.device
-    write_lse = lse is not None
-    window = p.window_left if window_left is None else window_left
-    scale = p.sm_scale * q_scale * k_scale
-    if p.logits_soft_cap > 0:
-        scale_arg = scale / p.logits_soft_cap
-    else:
-        scale_arg = scale * LOG2E
-    lse_arg = lse if write_lse else _dummy(device, torch.float32)
-    i32 = _dummy(device, torch.int32)
-    if grid_items > 0:
-        attention_fwd_kernel[(grid_items, p.num_kv_heads)](
-            q, kv.k, kv.v, out, lse_arg, part_o, part_lse,
-            meta["item_req"], meta["item_q_start"], meta["item_kv_start"], meta["item_kv_end"], meta["item_chunk"],
-            meta["qo_indptr"], meta["kv_begin"], meta["kv_len"], meta["part_base"],
-            kv_indices if kv_indices is not None else i32,
-            mask if mask is not None else _dummy(device, torch.uint8),
-            mask_indptr if mask_indptr is not None else i32,
-            alibi if alibi is not None else _dummy(device, torch.float32),
-            q.stride(0), q.stride(1), kv.stride_kp, kv.stride_kt, kv.stride_kh, kv.stride_vp, kv.stride_vt, kv.stride_vh,
-            out.stride(0), out.stride(1),
-            p.num_qo_heads, kv.page_size,
-            scale_arg, p.logits_soft_cap, window, 1.0 / p.rope_scale, -math.log2(p.rope_theta), v_scale,
-            GROUP=p.group, BLOCK_M=p.block_m, BLOCK_N=p.block_n, HEAD_DIM=p.head_dim,
-            BLOCK_D=_pow2(p.head_dim), HEAD_DIM_VO=p.head_dim_vo, BLOCK_DV=_pow2(p.head_dim_vo),
-            PAGED=p.paged, CAUSAL=p.causal, HAS_WINDOW=window >= 0, SOFT_CAP=p.logits_soft_cap > 0,
-            POS_ENC=p.pos_enc, CUSTOM_MASK=p.custom_mask, WRITE_LSE=write_lse,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-            num_warps=p.num_warps, num_stages=p.num_stages,
-        )
-    if grid_merge > 0:
-        block_h, warps = merge_block_config(p.num_qo_heads, p.head_dim_vo)
-        merge_partials_kernel[(grid_merge, -(-p.num_qo_heads // block_h))](
-            part_o, part_lse, out, lse_arg,
-            meta["merge_out_row"], meta["merge_part_row"], meta["merge_stride"], meta["merge_count"],
-            out.stride(0), out.stride(1), p.num_qo_heads, v_scale,
-            HEAD_DIM_VO=p.head_dim_vo, BLOCK_DV=_pow2(p.head_dim_vo), BLOCK_H=block_h, WRITE_LSE=write_lse,
-            num_warps=warps, num_stages=1,
-        )
+
+class AttentionLauncher:
+    """The launch of one plan: everything that does not change between run() calls (metadata views,
+    partial buffers, grids, constexprs, the alignment part of the specialization key) is fixed here
+    at plan() time, so run() only adds the per-call tensors, strides and scales."""
+
+    def __init__(self, p: AttentionParams, meta: Dict[str, torch.Tensor], kv_indices: Optional[torch.Tensor],
+                 part_o: torch.Tensor, part_lse: torch.Tensor, grid_items: int, grid_merge: int,
+                 mask: Optional[torch.Tensor] = None, mask_indptr: Optional[torch.Tensor] = None,
+                 alibi: Optional[torch.Tensor] = None):
+        device = part_o.device
+        i32 = _dummy(device, torch.int32)
+        self.p = p
+        self.grid = (grid_items, p.num_kv_heads, 1)
+        self.lse_dummy = _dummy(device, torch.float32)
+        self.mid = (part_o, part_lse,
+                    meta["item_req"], meta["item_q_start"], meta["item_kv_start"], meta["item_kv_end"], meta["item_chunk"],
+                    meta["qo_indptr"], meta["kv_begin"], meta["kv_len"], meta["part_base"],
+                    kv_indices if kv_indices is not None else i32,
+                    mask if mask is not None else _dummy(device, torch.uint8),
+                    mask_indptr if mask_indptr is not None else i32,
+                    alibi if alibi is not None else self.lse_dummy)
+        self.rope = (1.0 / p.rope_scale, -math.log2(p.rope_theta))
+        self.static_key = tuple(t.data_ptr() & 15 == 0 for t in self.mid) + (p.num_qo_heads,)
+        self.merge_grid = None
+        if grid_merge > 0:
+            block_h, warps = merge_block_config(p.num_qo_heads, p.head_dim_vo)
+            self.merge_grid = (grid_merge, -(-p.num_qo_heads // block_h), 1)
+            self.merge_meta = (meta["merge_out_row"], meta["merge_part_row"], meta["merge_stride"], meta["merge_count"])
+            self.merge_cx = {w: dict(HEAD_DIM_VO=p.head_dim_vo, BLOCK_DV=_pow2(p.head_dim_vo), BLOCK_H=block_h, WRITE_LSE=w)
+                             for w in (False, True)}
+            self.merge_warps = warps
+            self.merge_key = tuple(t.data_ptr() & 15 == 0 for t in (part_o, part_lse) + self.merge_meta)
+
+    def __call__(self, q: torch.Tensor, kv: KVView, out: torch.Tensor, lse: Optional[torch.Tensor],
+                 q_scale: float = 1.0, k_scale: float = 1.0, v_scale: float = 1.0,
+                 window_left: Optional[int] = None) -> None:
+        """``q`` [N_q, H_qo, D]; ``out`` [N_q, H_qo, D_vo]; ``lse`` [N_q, H_qo] float32 (base 2) or None."""
+        p = self.p
+        write_lse = lse is not None
+        lse_arg = lse if write_lse else self.lse_dummy
+        window = p.window_left if window_left is None else window_left
+        scale = p.sm_scale * q_scale * k_scale
+        scale_arg = scale / p.logits_soft_cap if p.logits_soft_cap > 0 else scale * LOG2E
+        ints = (q.stride(0), q.stride(1), kv.stride_kp, kv.stride_kt, kv.stride_kh, kv.stride_vp, kv.stride_vt,
+                kv.stride_vh, out.stride(0), out.stride(1), p.num_qo_heads, kv.page_size)
+        fp32 = q.dtype == torch.float32
+        if self.grid[0] > 0:
+            ptrs = (q, kv.k, kv.v, out, lse_arg)
+            key = (self.static_key, ints, window, write_lse, fp32, tuple(t.data_ptr() & 15 == 0 for t in ptrs))
+            launch(attention_fwd_kernel, self.grid, ptrs + self.mid + ints
+                   + (scale_arg, p.logits_soft_cap, window) + self.rope + (v_scale,),
+                   p.constexprs(window >= 0, write_lse, fp32), p.num_warps, p.num_stages, key)
+        if self.merge_grid is not None:
+            ints = (out.stride(0), out.stride(1), p.num_qo_heads)
+            key = (self.merge_key, ints, out.data_ptr() & 15 == 0, lse_arg.data_ptr() & 15 == 0)
+            launch(merge_partials_kernel, self.merge_grid, self.mid[:2] + (out, lse_arg) + self.merge_meta + ints + (v_scale,),
+                   self.merge_cx[write_lse], self.merge_warps, 1, key)
+
+
+def launch_attention(p: AttentionParams, q, kv: KVView, out, lse, meta, kv_indices, part_o, part_lse, grid_items: int,
+                     grid_merge: int, mask=None, mask_indptr=None, alibi=None, q_scale: float = 1.0,
+                     k_scale: float = 1.0, v_scale: float = 1.0, window_left: Optional[int] = None) -> None:
+    """One-shot form of ``AttentionLauncher`` (single-request APIs and the torch.compile op)."""
+    AttentionLauncher(p, meta, kv_indices, part_o, part_lse, grid_items, grid_merge, mask, mask_indptr, alibi)(
+        q, kv, out, lse, q_scale, k_scale, v_scale, window_left)
 
 
 def _pow2(n: int) -> int:
@@ -196,7 +211,12 @@ def _pow2(n: int) -> int:
 
 
 def partial_buffers(workspace: torch.Tensor, rows: int, num_qo_heads: int, head_dim_vo: int):
-    """Carve float32 partial (o, lse) for ``rows`` query rows out of the float workspace buffer."""
+    """Carve float32 partial (o, lse) for ``rows`` query rows out of the float workspace buffer
+    (views of it; the same request returns the same views)."""
+    key = (workspace.data_ptr(), workspace.numel(), rows, num_qo_heads, head_dim_vo)
+    cached = _PARTIALS.get(key)
+    if cached is not None:
+        return cached
     n_o = rows * num_qo_heads * head_dim_vo
     n_lse = rows * num_qo_heads
     need = 4 * (n_o + n_lse)
@@ -205,4 +225,10 @@ def partial_buffers(workspace: torch.Tensor, rows: int, num_qo_heads: int, head_
         raise ValueError(f"float_workspace_buffer: this plan needs {need} bytes for split-KV partials, "
                          f"the buffer has {have}; pass a larger buffer (FlashInfer uses 128 MB) or disable_split_kv=True")
     flat = workspace.view(torch.uint8).view(-1)[: max(need, 8)].view(torch.float32)
-    return flat[:n_o], flat[n_o:n_o + n_lse]
+    if len(_PARTIALS) > 64:
+        _PARTIALS.clear()
+    _PARTIALS[key] = (flat[:n_o], flat[n_o:n_o + n_lse])
+    return _PARTIALS[key]
+
+
+_PARTIALS: Dict[tuple, tuple] = {}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 # Programs per compute unit the split heuristic aims for: enough resident work to hide memory latency.
-PROGRAMS_PER_CU = 4
+PROGRAMS_PER_CU = 2  # tuned on an H100 with benchmarks/tune_decode.py
 MIN_CHUNK_TOKENS = 256
 
 
@@ -131,37 +131,96 @@ def plan_work(
                 f"plan: this batch needs {num_items} work items and {num_merge} merge rows, more than the "
                 f"{grid_items}/{grid_merge} the CUDA graph was sized for; create the wrapper with larger buffers")
 
-    def pad(a, n, fill):
-        out = np.full(n, fill, dtype=np.int64)
-        out[: a.shape[0]] = a
-        return out
-
     arrays = {
-        "item_req": pad(item_req, grid_items, -1),
-        "item_q_start": pad(item_q_start, grid_items, 0),
-        "item_kv_start": pad(item_kv_start, grid_items, 0),
-        "item_kv_end": pad(item_kv_end, grid_items, 0),
-        "item_chunk": pad(item_chunk, grid_items, 0),
-        "qo_indptr": qo_indptr,
-        "kv_begin": kv_begin,
-        "kv_len": kv_len,
-        "part_base": part_base,
-        "merge_out_row": pad(merge_out_row, grid_merge, -1),
-        "merge_part_row": pad(merge_part_row, grid_merge, 0),
-        "merge_stride": pad(merge_stride, grid_merge, 0),
-        "merge_count": pad(merge_count, grid_merge, 0),
+        "item_req": item_req, "item_q_start": item_q_start, "item_kv_start": item_kv_start,
+        "item_kv_end": item_kv_end, "item_chunk": item_chunk, "qo_indptr": qo_indptr, "kv_begin": kv_begin,
+        "kv_len": kv_len, "part_base": part_base, "merge_out_row": merge_out_row, "merge_part_row": merge_part_row,
+        "merge_stride": merge_stride, "merge_count": merge_count,
     }
+    return _pack(arrays, num_items, grid_items, num_merge, grid_merge, num_partial_rows, chunk)
+
+
+# Padding values for grid slots beyond the real work: request -1 / output row -1 mean "exit".
+_PAD = {"item_req": -1, "merge_out_row": -1}
+_ITEM_FIELDS = FIELDS[:5]
+_MERGE_FIELDS = FIELDS[9:]
+
+
+def _pack(arrays, num_items, grid_items, num_merge, grid_merge, num_partial_rows, chunk) -> WorkPlan:
+    sizes = {name: (grid_items if name in _ITEM_FIELDS else grid_merge if name in _MERGE_FIELDS else arrays[name].shape[0])
+             for name in FIELDS}
     offsets = {}
     pos = 0
     for name in FIELDS:
-        n = arrays[name].shape[0]
-        offsets[name] = (pos, n)
-        pos += max(n, 1)
+        offsets[name] = (pos, sizes[name])
+        pos += -(-max(sizes[name], 1) // 4) * 4  # 16-byte aligned fields: pointer alignment never changes
     host = np.zeros(pos, dtype=np.int32)
     for name in FIELDS:
         start, n = offsets[name]
-        host[start:start + n] = arrays[name]
+        a = arrays[name]
+        host[start:start + a.shape[0]] = a
+        if n > a.shape[0] and name in _PAD:
+            host[start + a.shape[0]:start + n] = _PAD[name]
     return WorkPlan(num_items, grid_items, num_merge, grid_merge, num_partial_rows, chunk, offsets, host)
+
+
+def plan_decode(
+    kv_len: np.ndarray,
+    kv_begin: np.ndarray,
+    block_n: int,
+    num_kv_heads: int,
+    num_cus: int,
+    disable_split_kv: bool = False,
+    fixed_split_size: Optional[int] = None,
+    pad_to: Optional[Tuple[int, int]] = None,
+) -> WorkPlan:
+    """``plan_work`` for one query row per request, with a fraction of the numpy calls (plan() is on
+    the serving engine's critical path every step). Same work-list semantics."""
+    batch = kv_len.shape[0]
+    target_items = _ceil_div(PROGRAMS_PER_CU * num_cus, num_kv_heads)
+    chunk = 0
+    if fixed_split_size is not None and fixed_split_size > 0:
+        chunk = _ceil_div(int(fixed_split_size), block_n) * block_n
+    elif not disable_split_kv and batch < target_items:
+        total = int(kv_len.sum())
+        if total > 0:
+            chunk = max(MIN_CHUNK_TOKENS, _ceil_div(_ceil_div(total, target_items), block_n) * block_n)
+            if chunk >= int(kv_len.max()):
+                chunk = 0
+    arange_b = np.arange(batch, dtype=np.int64)
+    qo_indptr = np.arange(batch + 1, dtype=np.int64)
+    if chunk == 0:
+        zeros = np.zeros(batch, dtype=np.int64)
+        arrays = {"item_req": arange_b, "item_q_start": zeros, "item_kv_start": zeros, "item_kv_end": kv_len,
+                  "item_chunk": zeros, "qo_indptr": qo_indptr, "kv_begin": kv_begin, "kv_len": kv_len,
+                  "part_base": np.full(batch, -1, dtype=np.int64)}
+        empty = np.zeros(0, dtype=np.int64)
+        arrays.update(merge_out_row=empty, merge_part_row=empty, merge_stride=empty, merge_count=empty)
+        num_items, num_merge, rows = batch, 0, 0
+    else:
+        n_chunks = np.maximum(_ceil_div(kv_len, chunk), 1)
+        ends = np.cumsum(n_chunks)
+        num_items = int(ends[-1])
+        item_req = np.repeat(arange_b, n_chunks)
+        item_chunk = np.arange(num_items, dtype=np.int64) - (ends - n_chunks)[item_req]
+        item_kv_start = item_chunk * chunk
+        split = n_chunks > 1
+        part_base = np.where(split, ends - n_chunks, -1)
+        merge_req = arange_b[split]
+        arrays = {"item_req": item_req, "item_q_start": np.zeros(num_items, dtype=np.int64),
+                  "item_kv_start": item_kv_start, "item_kv_end": np.minimum(item_kv_start + chunk, kv_len[item_req]),
+                  "item_chunk": item_chunk, "qo_indptr": qo_indptr, "kv_begin": kv_begin, "kv_len": kv_len,
+                  "part_base": part_base, "merge_out_row": merge_req, "merge_part_row": part_base[merge_req],
+                  "merge_stride": np.ones(merge_req.shape[0], dtype=np.int64), "merge_count": n_chunks[merge_req]}
+        num_merge = int(merge_req.shape[0])
+        rows = num_items
+    grid_items, grid_merge = num_items, num_merge
+    if pad_to is not None:
+        grid_items, grid_merge = pad_to
+        if num_items > grid_items or num_merge > grid_merge:
+            raise ValueError(f"plan: this batch needs {num_items} work items, more than the {grid_items} the CUDA "
+                             "graph was sized for")
+    return _pack(arrays, num_items, grid_items, num_merge, grid_merge, rows, chunk)
 
 
 class DeviceMetadata:
@@ -175,6 +234,7 @@ class DeviceMetadata:
         self.pinned: Optional[torch.Tensor] = None
         self.views: Dict[str, torch.Tensor] = {}
         self._layout = None
+        self._copied = None
 
     def upload(self, plan: WorkPlan, non_blocking: bool = True) -> Dict[str, torch.Tensor]:
         n = plan.host.shape[0]
@@ -184,9 +244,16 @@ class DeviceMetadata:
                                  "of the captured one")
             self.buffer = torch.empty(n, dtype=torch.int32, device=self.device)
             self.pinned = torch.empty(n, dtype=torch.int32, pin_memory=self.device.type == "cuda")
+        if self._copied is not None:
+            self._copied.synchronize()  # the previous async copy may still read the pinned buffer
         pinned = self.pinned[:n]
         pinned.numpy()[:] = plan.host
-        self.buffer[:n].copy_(pinned, non_blocking=non_blocking and self.device.type == "cuda")
+        async_copy = non_blocking and self.device.type == "cuda"
+        self.buffer[:n].copy_(pinned, non_blocking=async_copy)
+        if async_copy:
+            if self._copied is None:
+                self._copied = torch.cuda.Event()
+            self._copied.record()
         if self._layout != plan.offsets:
             self.views = {name: self.buffer[s:s + max(length, 1)] for name, (s, length) in plan.offsets.items()}
             self._layout = plan.offsets

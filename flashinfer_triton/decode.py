@@ -14,6 +14,7 @@ import torch
 from . import _scheduler, ops
 from ._attention import (
     Q_DTYPES,
+    AttentionLauncher,
     AttentionParams,
     KVView,
     check_layout,
@@ -206,6 +207,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         self._paged_kv_last_page_len_buf = paged_kv_last_page_len_buffer
         self._meta = _scheduler.DeviceMetadata(self.device, fixed=use_cuda_graph)
         self._planned = False
+        self._kv_cache = {}
 
     @property
     def is_cuda_graph_enabled(self) -> bool:
@@ -277,31 +279,33 @@ class BatchDecodeWithPagedKVCacheWrapper:
         kv_dtype = canonicalize_dtype(kv_data_type or data_type, "kv_data_type") or q_dtype
         o_dtype = canonicalize_dtype(o_data_type, "o_data_type") or q_dtype
 
-        # One device->host transfer for everything plan() must read (page-id range included, so
+        # One device->host transfer for everything plan() must read (the page-id range included, so
         # run() can reject an out-of-range page id with no device work).
-        if indices.numel():
-            idx_range = torch.stack([indices.min(), indices.max()]).to(torch.int32)
+        if indices.device.type == "cpu" and indptr.device.type == "cpu" and last_page_len.device.type == "cpu":
+            indptr_h = indptr.numpy().astype(np.int64)
+            lpl_h = last_page_len.numpy().astype(np.int64)
+            idx = indices.numpy()
+            min_page_id, max_page_id = (int(idx.min()), int(idx.max())) if idx.size else (0, -1)
         else:
-            idx_range = torch.tensor([0, -1], dtype=torch.int32, device=indices.device)
-        parts = [indptr, last_page_len, idx_range]
-        if any(t.device.type != "cpu" for t in parts):
-            host = torch.cat([t.to(self.device) for t in parts]).cpu().numpy()
-        else:
-            host = torch.cat(parts).numpy()
-        indptr_h = host[: batch + 1].astype(np.int64)
-        lpl_h = host[batch + 1: 2 * batch + 1].astype(np.int64)
-        min_page_id, max_page_id = int(host[-2]), int(host[-1])
-        num_pages = np.diff(indptr_h)
-        if indptr_h[0] != 0 or (num_pages < 0).any():
+            if indices.numel():
+                lo, hi = torch.aminmax(indices)
+                idx_range = torch.stack([lo, hi])
+            else:
+                idx_range = torch.tensor([0, -1], dtype=torch.int32, device=indices.device)
+            host = torch.cat([indptr.to(self.device), last_page_len.to(self.device), idx_range.to(self.device)]).cpu().numpy()
+            indptr_h = host[: batch + 1].astype(np.int64)
+            lpl_h = host[batch + 1: 2 * batch + 1].astype(np.int64)
+            min_page_id, max_page_id = int(host[-2]), int(host[-1])
+        num_pages = indptr_h[1:] - indptr_h[:-1]
+        if indptr_h[0] != 0 or num_pages.min(initial=0) < 0:
             raise ValueError("indptr: expected a non-decreasing CSR offset array starting at 0")
         if indptr_h[-1] != indices.numel():
             raise ValueError(f"indices: expected indptr[-1] = {indptr_h[-1]} entries, got {indices.numel()}")
         if min_page_id < 0:
             raise ValueError(f"indices: page ids must be non-negative, got {min_page_id}")
-        has_pages = num_pages > 0
-        if ((lpl_h < 1) & has_pages).any() or (lpl_h > page_size).any():
+        kv_len = np.where(num_pages > 0, (num_pages - 1) * page_size + lpl_h, 0)
+        if lpl_h.max(initial=1) > page_size or ((lpl_h < 1) & (num_pages > 0)).any():
             raise ValueError(f"last_page_len: every entry must be in [1, page_size={page_size}] for a request with pages")
-        kv_len = np.where(has_pages, (num_pages - 1) * page_size + lpl_h, 0)
 
         params = _make_params(num_qo_heads, num_kv_heads, head_dim, head_dim, True, pos_encoding_mode,
                               window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta)
@@ -310,10 +314,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         if self._use_cuda_graph:
             target = -(-_scheduler.PROGRAMS_PER_CU * num_cus // num_kv_heads)
             pad_to = (batch + target, batch)
-        plan = _scheduler.plan_work(
-            np.arange(batch + 1, dtype=np.int64), kv_len, indptr_h[:-1], 1, params.block_n, num_kv_heads,
-            num_cus, causal=False, disable_split_kv=disable_split_kv, fixed_split_size=fixed_split_size,
-            pad_to=pad_to)
+        plan = _scheduler.plan_decode(kv_len, indptr_h[:-1], params.block_n, num_kv_heads, num_cus,
+                                      disable_split_kv=disable_split_kv, fixed_split_size=fixed_split_size, pad_to=pad_to)
         if self._use_cuda_graph:
             if indices.numel() > self._paged_kv_indices_buf.numel():
                 raise ValueError(f"indices: {indices.numel()} page ids exceed paged_kv_indices_buffer "
@@ -329,6 +331,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
         self._part_o, self._part_lse = partial_buffers(self._float_workspace_buffer, rows, num_qo_heads, head_dim)
         self._meta_views = self._meta.upload(plan, non_blocking=non_blocking)
         self._alibi = alibi_slopes(num_qo_heads, self.device) if params.pos_enc == 2 else None
+        self._launcher = AttentionLauncher(params, self._meta_views, self._kv_indices, self._part_o, self._part_lse,
+                                           plan.grid_items, plan.grid_merge_rows if (self._use_cuda_graph or plan.num_merge_rows) else 0,
+                                           alibi=self._alibi)
         self._plan = plan
         self._params = params
         self._batch_size = batch
@@ -380,16 +385,54 @@ class BatchDecodeWithPagedKVCacheWrapper:
         if sinks is not None:
             raise NotImplementedError("sinks: attention sinks are not supported yet")
         p = self._params
-        kv = unpack_paged_kv_cache(paged_kv_cache, self._kv_layout)
+        kv = self._kv_view(paged_kv_cache)
         b = self._batch_size
-        if q.dim() != 3 or q.shape[0] != b or q.shape[1] != p.num_qo_heads or q.shape[2] != p.head_dim:
-            raise ValueError(f"q: expected shape [{b}, {p.num_qo_heads}, {p.head_dim}] (planned), got {list(q.shape)}")
-        if q.dtype != self._q_dtype:
-            raise TypeError(f"q: expected dtype {self._q_dtype} (plan's q_data_type), got {q.dtype}")
-        if q.stride(-1) != 1:
-            raise ValueError("q: the last dimension must be contiguous")
-        if q.device != self.device:
-            raise ValueError(f"q: expected a tensor on {self.device}, got one on {q.device}")
+        if q.shape != (b, p.num_qo_heads, p.head_dim) or q.dtype != self._q_dtype or q.device != self.device or q.stride(-1) != 1:
+            self._raise_bad_q(q)
+        if out is None:
+            out = torch.empty((b, p.num_qo_heads, p.head_dim), dtype=self._o_dtype, device=q.device)
+        else:
+            check_tensor("out", out, dtypes=(self._o_dtype,), device=self.device, last_dim_contiguous=True)
+            if out.shape != (b, p.num_qo_heads, p.head_dim):
+                raise ValueError(f"out: expected shape [{b}, {p.num_qo_heads}, {p.head_dim}], got {list(out.shape)}")
+        if lse is not None:
+            check_tensor("lse", lse, dtypes=(torch.float32,), device=self.device)
+            if lse.shape != (b, p.num_qo_heads) or not lse.is_contiguous():
+                raise ValueError(f"lse: expected a contiguous [{b}, {p.num_qo_heads}] float32 tensor, got {list(lse.shape)}")
+            return_lse = True
+        elif return_lse:
+            lse = torch.empty((b, p.num_qo_heads), dtype=torch.float32, device=q.device)
+        qs = 1.0 if q_scale is None else _scale_arg("q_scale", q_scale)
+        ks = 1.0 if k_scale is None else _scale_arg("k_scale", k_scale)
+        vs = 1.0 if v_scale is None else _scale_arg("v_scale", v_scale)
+        if torch.compiler.is_compiling():
+            ops.attention_via_op(p, q, kv, out, lse, self._meta_views, self._kv_indices, self._part_o, self._part_lse,
+                                 self._plan.grid_items, self._grid_merge, alibi=self._alibi, q_scale=qs, k_scale=ks,
+                                 v_scale=vs, window_left=window_left)
+        else:
+            self._launcher(q, kv, out, lse, qs, ks, vs, window_left)
+        return (out, lse) if return_lse else out
+
+    forward = run
+
+    def _kv_view(self, paged_kv_cache) -> KVView:
+        """Unpack and validate the cache once per cache object (run() sees the same per-layer
+        tensors every step); a new object, or one whose storage moved, is checked again."""
+        if isinstance(paged_kv_cache, torch.Tensor):
+            key = id(paged_kv_cache)
+            ptr = paged_kv_cache.data_ptr()
+        else:
+            key = tuple(id(t) for t in paged_kv_cache)
+            ptr = tuple(t.data_ptr() for t in paged_kv_cache)
+        p = self._params
+        expect = (self._kv_dtype, self._page_size, p.num_kv_heads, p.head_dim)
+        hit = self._kv_cache.get(key)
+        if hit is not None and hit[0] == ptr and hit[2] == expect:
+            kv = hit[1]
+            if self._max_page_id >= kv.num_pages:
+                raise ValueError(f"indices: page id {self._max_page_id} is out of range for a cache of {kv.num_pages} pages")
+            return kv
+        kv = unpack_paged_kv_cache(paged_kv_cache, self._kv_layout)
         if kv.k.dtype != self._kv_dtype:
             raise TypeError(f"paged_kv_cache: expected dtype {self._kv_dtype} (plan's kv_data_type), got {kv.k.dtype}")
         if kv.page_size != self._page_size or kv.num_kv_heads != p.num_kv_heads or kv.head_dim != p.head_dim:
@@ -399,27 +442,16 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise ValueError(f"paged_kv_cache: expected a tensor on {self.device}, got one on {kv.k.device}")
         if self._max_page_id >= kv.num_pages:
             raise ValueError(f"indices: page id {self._max_page_id} is out of range for a cache of {kv.num_pages} pages")
-        if out is None:
-            out = torch.empty((b, p.num_qo_heads, p.head_dim), dtype=self._o_dtype, device=q.device)
-        else:
-            check_tensor("out", out, dtypes=(self._o_dtype,), device=self.device, last_dim_contiguous=True)
-            if tuple(out.shape) != (b, p.num_qo_heads, p.head_dim):
-                raise ValueError(f"out: expected shape [{b}, {p.num_qo_heads}, {p.head_dim}], got {list(out.shape)}")
-        if lse is not None:
-            check_tensor("lse", lse, dtypes=(torch.float32,), device=self.device)
-            if tuple(lse.shape) != (b, p.num_qo_heads) or not lse.is_contiguous():
-                raise ValueError(f"lse: expected a contiguous [{b}, {p.num_qo_heads}] float32 tensor, got {list(lse.shape)}")
-            return_lse = True
-        elif return_lse:
-            lse = torch.empty((b, p.num_qo_heads), dtype=torch.float32, device=q.device)
-        ops.attention(
-            p, q, kv, out, lse, self._meta_views, self._kv_indices, self._part_o, self._part_lse,
-            self._plan.grid_items, self._grid_merge, alibi=self._alibi,
-            q_scale=_scale_arg("q_scale", q_scale), k_scale=_scale_arg("k_scale", k_scale),
-            v_scale=_scale_arg("v_scale", v_scale), window_left=window_left)
-        return (out, lse) if return_lse else out
+        if len(self._kv_cache) > 256:
+            self._kv_cache.clear()
+        # Holding the cache object keeps id() unique while the entry lives.
+        self._kv_cache[key] = (ptr, kv, expect, paged_kv_cache)
+        return kv
 
-    forward = run
+    def _raise_bad_q(self, q) -> None:
+        p = self._params
+        check_tensor("q", q, dtypes=(self._q_dtype,), device=self.device, last_dim_contiguous=True)
+        raise ValueError(f"q: expected shape [{self._batch_size}, {p.num_qo_heads}, {p.head_dim}] (planned), got {list(q.shape)}")
 
     def run_return_lse(self, q, paged_kv_cache, *args, **kwargs):
         kwargs["return_lse"] = True

@@ -46,5 +46,6 @@ def assert_close_to_reference(out: torch.Tensor, ref_exact: torch.Tensor, ref_lo
     err = _err(out, ref_exact)
     err_ref = _err(ref_lowp, ref_exact)
     eps = torch.finfo(out.dtype).eps if out.dtype.is_floating_point else 0.0
-    bound = factor * err_ref + eps
+    # float32 kernels reassociate sums (tiles, exp2 with a pre-folded log2 e): a few ulps of slack.
+    bound = factor * err_ref + (4 * eps if out.dtype == torch.float32 else eps)
     assert err <= bound, f"{name}: max error {err:.3e} (relative to max |ref|) > bound {bound:.3e} (low-precision reference {err_ref:.3e})"

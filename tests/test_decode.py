@@ -26,7 +26,7 @@ def _kv_lens(batch, max_len, page_size, gen):
 def _check_decode(out, lse, q, ks, vs, dtype, **opts):
     for i in range(q.shape[0]):
         ref, ref_lse = attention_ref(q[i:i + 1], ks[i], vs[i], **opts)
-        low, low_lse = attention_ref(q[i:i + 1], ks[i], vs[i], compute_dtype=dtype if dtype != torch.bfloat16 else torch.float32, **opts)
+        low, low_lse = attention_ref(q[i:i + 1], ks[i], vs[i], compute_dtype=dtype, **opts)
         assert_close_to_reference(out[i:i + 1], ref, low, name=f"out[{i}]")
         assert_close_to_reference(lse[i:i + 1], ref_lse, low_lse, name=f"lse[{i}]")
 
@@ -58,7 +58,7 @@ def test_batch_decode_matches_reference(dtype, layout, page_size, hq, hkv, d):
     out2 = w.run(q2, cache)
     for i in range(batch):
         ref, _ = attention_ref(q2[i:i + 1], ks[i], vs[i])
-        low, _ = attention_ref(q2[i:i + 1], ks[i], vs[i], compute_dtype=dtype if dtype != torch.bfloat16 else torch.float32)
+        low, _ = attention_ref(q2[i:i + 1], ks[i], vs[i], compute_dtype=dtype)
         assert_close_to_reference(out2[i:i + 1], ref, low, name=f"second run out[{i}]")
 
 
@@ -145,7 +145,7 @@ def test_single_decode(layout):
     kk, vv = (k, v) if layout == "NHD" else (k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous())
     out, lse = flashinfer.single_decode_with_kv_cache(q, kk, vv, kv_layout=layout, logits_soft_cap=20.0, return_lse=True)
     ref, ref_lse = attention_ref(q[None], k, v, logits_soft_cap=20.0)
-    low, low_lse = attention_ref(q[None], k, v, logits_soft_cap=20.0, compute_dtype=torch.float32 if dtype == torch.bfloat16 else dtype)
+    low, low_lse = attention_ref(q[None], k, v, logits_soft_cap=20.0, compute_dtype=dtype)
     assert_close_to_reference(out[None], ref, low)
     assert_close_to_reference(lse[None], ref_lse, low_lse, name="lse")
 

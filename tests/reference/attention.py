@@ -84,7 +84,7 @@ def attention_ref(
     if custom_mask is not None:
         keep &= custom_mask.to(q.device)
     s = s.masked_fill(~keep[None], float("-inf"))
-    lse = torch.logsumexp(s.to(torch.float64) if cd != torch.float64 else s, dim=-1).to(cd) * LOG2E  # [hq, L]
+    lse = torch.logsumexp(s, dim=-1) * LOG2E  # [hq, L], in the compute precision
     p = torch.softmax(s, dim=-1)
     p = torch.nan_to_num(p, nan=0.0)  # fully masked rows: output 0, lse -inf
     out = torch.einsum("hqk,khd->qhd", p, v)

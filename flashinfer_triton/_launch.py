@@ -1,0 +1,54 @@
+"""Low-overhead kernel launches for the hot paths (decode run() is called once per layer per step).
+
+``kernel[grid](...)`` re-binds and re-specializes every argument in Python on each call (tens of
+microseconds for a kernel with fifty arguments). ``launch`` does that once: the first call goes
+through Triton's JIT (compiling if needed) and keeps the ``CompiledKernel``; later calls with the
+same key call its C launcher directly. The key holds everything Triton specializes on (every int
+argument exactly, every pointer's 16-byte alignment, the constexprs and launch options), so a cached
+kernel is only reused where Triton itself would pick the same binary. Falls back to the JIT path
+under the interpreter or if the launcher's calling convention is not the expected one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+import triton
+
+from ._utils import interpreter_active
+
+_CACHE: Dict[Tuple, Any] = {}
+_FAST_OK = [True]
+
+try:  # the raw stream getter Triton's own CUDA driver uses
+    from torch._C import _cuda_getCurrentRawStream as _raw_stream
+except Exception:  # noqa: BLE001
+    _raw_stream = None
+
+
+def launch(kernel, grid: Tuple[int, int, int], args: Tuple, constexprs: Dict[str, Any], num_warps: int,
+           num_stages: int, key: Tuple):
+    """Launch ``kernel`` over ``grid`` (3 ints) with runtime ``args`` (positional, in signature order,
+    all before the constexprs) and ``constexprs`` (keyword, in signature order). ``key`` must cover
+    what Triton specializes the runtime args on: each pointer's 16-byte alignment and each int's
+    value (the caller builds it from what it knows is fixed, which is cheaper than scanning args)."""
+    if interpreter_active() or not _FAST_OK[0] or _raw_stream is None:
+        kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+        return
+    full_key = (kernel, num_warps, num_stages, tuple(constexprs.values()), key)
+    compiled = _CACHE.get(full_key)
+    if compiled is None:
+        compiled = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+        if compiled is None or not hasattr(compiled, "run"):
+            _FAST_OK[0] = False
+            return
+        _CACHE[full_key] = compiled
+        return  # this call already launched through the JIT
+    compiled.run(grid[0], grid[1], grid[2], _raw_stream(args[0].device.index), compiled.function,
+                 compiled.packed_metadata, None, None, None, *args, *constexprs.values())
+
+
+def triton_version() -> Tuple[int, int]:
+    major, minor = triton.__version__.split(".")[:2]
+    return int(major), int(minor)
