@@ -1,0 +1,298 @@
+"""Paged KV-cache utilities, FlashInfer 0.6.x API: ``append_paged_kv_cache``,
+``get_batch_indices_positions``, ``get_seq_lens``.
+
+Paged KV cache: a 5-D tensor ``[num_pages, 2, page_size, num_kv_heads, head_dim]`` (NHD) or
+``[num_pages, 2, num_kv_heads, page_size, head_dim]`` (HND), or a ``(k_cache, v_cache)`` tuple of
+4-D tensors ``[num_pages, page_size, num_kv_heads, head_dim]`` (NHD) /
+``[num_pages, num_kv_heads, page_size, head_dim]`` (HND). Page table in CSR form, all int32.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import torch
+import triton
+
+from ._utils import check_int32_index, check_tensor, interpreter_active
+from .kernels import page as _k
+
+__all__ = ["append_paged_kv_cache", "get_batch_indices_positions", "get_seq_lens"]
+
+_KV_LAYOUTS = ("NHD", "HND")
+_CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2)
+# A same-dtype append is a bitwise copy through an integer view of the same width.
+_COPY_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+# Appends that convert in the kernel: (append dtype, cache dtype).
+_CAST_PAIRS = {(torch.float16, torch.float8_e4m3fn), (torch.bfloat16, torch.float8_e4m3fn)}
+
+
+def _check_device(name: str, t: torch.Tensor, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device}, got one on {t.device}")
+
+
+def _check_kernel_device(name: str, t: torch.Tensor) -> None:
+    if t.device.type == "cpu" and not interpreter_active():
+        raise ValueError(f"{name}: expected a CUDA/ROCm tensor, got one on cpu (set TRITON_INTERPRET=1 for the CPU interpreter)")
+
+
+def _check_kv_layout(kv_layout: str) -> None:
+    if kv_layout not in _KV_LAYOUTS:
+        raise ValueError(f"kv_layout: expected one of {list(_KV_LAYOUTS)}, got {kv_layout!r}")
+
+
+def _unpack_paged_kv_cache(paged_kv_cache, kv_layout: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(k_cache, v_cache) 4-D views, each in the given layout."""
+    if isinstance(paged_kv_cache, torch.Tensor):
+        check_tensor("paged_kv_cache", paged_kv_cache, ndim=5)
+        if paged_kv_cache.shape[1] != 2:
+            raise ValueError(
+                f"paged_kv_cache: a 5-D cache must have shape [num_pages, 2, ...] (dim 1 = key/value), "
+                f"got {list(paged_kv_cache.shape)}"
+            )
+        return paged_kv_cache[:, 0], paged_kv_cache[:, 1]
+    if isinstance(paged_kv_cache, (tuple, list)) and len(paged_kv_cache) == 2:
+        k_cache, v_cache = paged_kv_cache
+        check_tensor("paged_kv_cache[0] (k_cache)", k_cache, ndim=4)
+        check_tensor("paged_kv_cache[1] (v_cache)", v_cache, ndim=4)
+        if k_cache.shape != v_cache.shape:
+            raise ValueError(f"paged_kv_cache: k_cache shape {list(k_cache.shape)} != v_cache shape {list(v_cache.shape)}")
+        if k_cache.dtype != v_cache.dtype:
+            raise TypeError(f"paged_kv_cache: k_cache dtype {k_cache.dtype} != v_cache dtype {v_cache.dtype}")
+        return k_cache, v_cache
+    raise TypeError(
+        f"paged_kv_cache: expected a 5-D tensor or a (k_cache, v_cache) tuple of 4-D tensors, got {type(paged_kv_cache).__name__}"
+    )
+
+
+def _launch_append(append_key, append_value, batch_indices, positions, k_cache, v_cache,
+                   kv_indices, kv_indptr, kv_layout: str) -> None:
+    """Launch the append kernel; all checks are done. ``k_cache``/``v_cache`` are 4-D views."""
+    nnz, num_heads, head_dim = append_key.shape
+    if nnz == 0:
+        return
+    if append_key.dtype == k_cache.dtype:
+        view = _COPY_VIEW[k_cache.element_size()]
+        append_key, append_value = append_key.view(view), append_value.view(view)
+        k_cache, v_cache = k_cache.view(view), v_cache.view(view)
+    if kv_layout == "NHD":
+        page_size = k_cache.shape[1]
+        s_kc = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2))
+        s_vc = (v_cache.stride(0), v_cache.stride(1), v_cache.stride(2))
+    else:
+        page_size = k_cache.shape[2]
+        s_kc = (k_cache.stride(0), k_cache.stride(2), k_cache.stride(1))
+        s_vc = (v_cache.stride(0), v_cache.stride(2), v_cache.stride(1))
+    block_h, block_d = _k.append_blocks(head_dim)
+    grid = (nnz, triton.cdiv(num_heads, block_h))
+    _k.append_paged_kv_cache_kernel[grid](
+        append_key, append_value, batch_indices, positions, k_cache, v_cache, kv_indices, kv_indptr,
+        page_size, num_heads, head_dim,
+        append_key.stride(0), append_key.stride(1), append_value.stride(0), append_value.stride(1),
+        *s_kc, *s_vc,
+        BLOCK_H=block_h, BLOCK_D=block_d, num_warps=_k.APPEND_NUM_WARPS,
+    )
+
+
+@torch.library.custom_op("flashinfer_triton::append_paged_kv_cache", mutates_args=("k_cache", "v_cache"))
+def _append_paged_kv_cache_op(
+    append_key: torch.Tensor,
+    append_value: torch.Tensor,
+    batch_indices: torch.Tensor,
+    positions: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_indices: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_layout: str,
+) -> None:
+    _launch_append(append_key, append_value, batch_indices, positions, k_cache, v_cache, kv_indices, kv_indptr, kv_layout)
+
+
+@_append_paged_kv_cache_op.register_fake
+def _(append_key, append_value, batch_indices, positions, k_cache, v_cache, kv_indices, kv_indptr, kv_layout):
+    return None
+
+
+def append_paged_kv_cache(
+    append_key: torch.Tensor,
+    append_value: torch.Tensor,
+    batch_indices: torch.Tensor,
+    positions: torch.Tensor,
+    paged_kv_cache: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]],
+    kv_indices: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_last_page_len: torch.Tensor,
+    kv_layout: str = "NHD",
+) -> None:
+    r"""Append a batch of key-value rows to a paged KV cache, in place.
+
+    Row ``i`` goes to slot ``positions[i] % page_size`` of page
+    ``kv_indices[kv_indptr[batch_indices[i]] + positions[i] // page_size]``; no other slot is
+    written.
+
+    Parameters
+    ----------
+    append_key : torch.Tensor
+        Keys to append, ragged: shape ``[nnz, num_kv_heads, head_dim]``; the cache's dtype, or
+        float16/bfloat16 when the cache is float8_e4m3fn (converted, round to nearest even).
+    append_value : torch.Tensor
+        Values to append, same shape and dtype as ``append_key``.
+    batch_indices : torch.Tensor
+        Request of each row, shape ``[nnz]``, dtype ``torch.int32``.
+    positions : torch.Tensor
+        Position of each row in its request's KV sequence (after the append), shape ``[nnz]``,
+        dtype ``torch.int32``. See :func:`get_batch_indices_positions`.
+    paged_kv_cache : Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+        A 5-D tensor ``[max_num_pages, 2, page_size, num_kv_heads, head_dim]`` (NHD) or
+        ``[max_num_pages, 2, num_kv_heads, page_size, head_dim]`` (HND), or a tuple
+        ``(k_cache, v_cache)`` of 4-D tensors ``[max_num_pages, page_size, num_kv_heads, head_dim]``
+        (NHD) / ``[max_num_pages, num_kv_heads, page_size, head_dim]`` (HND). dtype float16,
+        bfloat16, float32, float8_e4m3fn or float8_e5m2; the last dimension contiguous.
+    kv_indices : torch.Tensor
+        Page ids, shape ``[kv_indptr[-1]]``, dtype ``torch.int32``.
+    kv_indptr : torch.Tensor
+        Page-table indptr, shape ``[batch_size + 1]``, dtype ``torch.int32``.
+    kv_last_page_len : torch.Tensor
+        Entries in the last page of each request, shape ``[batch_size]``, dtype ``torch.int32``
+        (checked, not read by the kernel: positions already say where each row goes).
+    kv_layout : str
+        ``"NHD"`` (default) or ``"HND"``.
+
+    Note
+    ----
+    The page table must already include the appended rows (space allocated beforehand).
+    """
+    _check_kv_layout(kv_layout)
+    k_cache, v_cache = _unpack_paged_kv_cache(paged_kv_cache, kv_layout)
+    check_tensor("append_key", append_key, ndim=3)
+    device = append_key.device
+    _check_kernel_device("append_key", append_key)
+    check_tensor("append_value", append_value, ndim=3, device=device)
+    if append_value.shape != append_key.shape:
+        raise ValueError(f"append_value: expected shape {list(append_key.shape)} (append_key's), got {list(append_value.shape)}")
+    if append_value.dtype != append_key.dtype:
+        raise TypeError(f"append_value: expected dtype {append_key.dtype} (append_key's), got {append_value.dtype}")
+    nnz, num_heads, head_dim = append_key.shape
+    cache_dtype = k_cache.dtype
+    if cache_dtype not in _CACHE_DTYPES:
+        raise TypeError(f"paged_kv_cache: unsupported dtype {cache_dtype}; expected one of {list(_CACHE_DTYPES)}")
+    for name, t in (("append_key", append_key), ("append_value", append_value)):
+        if t.dtype != cache_dtype and (t.dtype, cache_dtype) not in _CAST_PAIRS:
+            raise TypeError(
+                f"{name}: dtype {t.dtype} cannot be appended to a {cache_dtype} cache; expected {cache_dtype}"
+                + (" or float16/bfloat16" if cache_dtype == torch.float8_e4m3fn else "")
+            )
+        if t.stride(-1) != 1 and head_dim > 1:
+            raise ValueError(f"{name}: the last dimension must be contiguous (stride 1), got strides {t.stride()}")
+    cache_names = ("paged_kv_cache", "paged_kv_cache") if isinstance(paged_kv_cache, torch.Tensor) else ("k_cache", "v_cache")
+    for name, c in zip(cache_names, (k_cache, v_cache)):
+        _check_device(name, c, device)
+        if c.stride(-1) != 1 and head_dim > 1:
+            raise ValueError(f"{name}: the last dimension must be contiguous (stride 1), got strides {tuple(c.stride())}")
+    if kv_layout == "NHD":
+        page_size, cache_heads = k_cache.shape[1], k_cache.shape[2]
+    else:
+        cache_heads, page_size = k_cache.shape[1], k_cache.shape[2]
+    if cache_heads != num_heads or k_cache.shape[3] != head_dim:
+        raise ValueError(
+            f"paged_kv_cache: {kv_layout} cache with num_kv_heads={cache_heads}, head_dim={k_cache.shape[3]} "
+            f"does not match append_key's num_kv_heads={num_heads}, head_dim={head_dim} (wrong kv_layout?)"
+        )
+    if page_size < 1:
+        raise ValueError("paged_kv_cache: page_size must be at least 1")
+    if _k.append_blocks(head_dim) is None:
+        raise NotImplementedError(f"head_dim={head_dim}: at most {_k.APPEND_BLOCK_DS[-1]} is supported")
+    check_int32_index("batch_indices", batch_indices, nnz, device)
+    check_int32_index("positions", positions, nnz, device)
+    check_int32_index("kv_indices", kv_indices, None, device)
+    check_int32_index("kv_indptr", kv_indptr, None, device)
+    if kv_indptr.numel() < 1:
+        raise ValueError("kv_indptr: expected batch_size + 1 >= 1 entries, got 0")
+    check_int32_index("kv_last_page_len", kv_last_page_len, kv_indptr.numel() - 1, device)
+
+    if torch.compiler.is_compiling():
+        _append_paged_kv_cache_op(append_key, append_value, batch_indices, positions, k_cache, v_cache,
+                                  kv_indices, kv_indptr, kv_layout)
+    else:
+        _launch_append(append_key, append_value, batch_indices, positions, k_cache, v_cache,
+                       kv_indices, kv_indptr, kv_layout)
+
+
+def get_batch_indices_positions(
+    append_indptr: torch.Tensor, seq_lens: torch.Tensor, nnz: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    r"""Convert a ragged append indptr and the KV lengths into per-row batch indices and positions.
+
+    Row ``append_indptr[b] + i`` gets batch index ``b`` and position
+    ``seq_lens[b] - (append_indptr[b+1] - append_indptr[b]) + i``: its place in the request's full
+    KV sequence, the appended rows being the last ones.
+
+    Parameters
+    ----------
+    append_indptr : torch.Tensor
+        Indptr of the ragged append, shape ``[batch_size + 1]``, dtype ``torch.int32`` or
+        ``torch.int64``.
+    seq_lens : torch.Tensor
+        KV length of each request including the appended rows, shape ``[batch_size]``, dtype
+        ``torch.int32`` or ``torch.int64``.
+    nnz : int
+        Number of appended rows (``append_indptr[-1]``); rows past ``append_indptr[-1]`` are left
+        unwritten.
+
+    Returns
+    -------
+    batch_indices : torch.Tensor
+        shape ``[nnz]``, dtype ``torch.int32``.
+    positions : torch.Tensor
+        shape ``[nnz]``, dtype ``torch.int32``.
+    """
+    _idx = (torch.int32, torch.int64)
+    check_tensor("append_indptr", append_indptr, dtypes=_idx, ndim=1)
+    device = append_indptr.device
+    _check_kernel_device("append_indptr", append_indptr)
+    if append_indptr.numel() < 1:
+        raise ValueError("append_indptr: expected batch_size + 1 >= 1 entries, got 0")
+    batch_size = append_indptr.numel() - 1
+    check_tensor("seq_lens", seq_lens, dtypes=_idx, ndim=1, device=device)
+    if seq_lens.numel() != batch_size:
+        raise ValueError(f"seq_lens: expected {batch_size} entries (len(append_indptr) - 1), got {seq_lens.numel()}")
+    nnz = int(nnz)
+    if nnz < 0:
+        raise ValueError(f"nnz: expected a non-negative int, got {nnz}")
+    batch_indices = torch.empty((nnz,), dtype=torch.int32, device=device)
+    positions = torch.empty((nnz,), dtype=torch.int32, device=device)
+    if batch_size > 0 and nnz > 0:
+        _k.batch_indices_positions_kernel[(batch_size,)](
+            append_indptr.contiguous(), seq_lens.contiguous(), batch_indices, positions, BLOCK=_k.POSITIONS_BLOCK, num_warps=4
+        )
+    return batch_indices, positions
+
+
+def get_seq_lens(kv_indptr: torch.Tensor, kv_last_page_len: torch.Tensor, page_size: int) -> torch.Tensor:
+    r"""KV length of each request: ``max(num_pages - 1, 0) * page_size + kv_last_page_len``.
+
+    Parameters
+    ----------
+    kv_indptr : torch.Tensor
+        Page-table indptr, shape ``[batch_size + 1]``, dtype ``torch.int32``.
+    kv_last_page_len : torch.Tensor
+        Entries in the last page of each request, shape ``[batch_size]``, dtype ``torch.int32``.
+    page_size : int
+        Entries per page.
+
+    Returns
+    -------
+    seq_lens : torch.Tensor
+        shape ``[batch_size]``, dtype ``torch.int32``.
+    """
+    check_int32_index("kv_indptr", kv_indptr)
+    if kv_indptr.numel() < 1:
+        raise ValueError("kv_indptr: expected batch_size + 1 >= 1 entries, got 0")
+    check_int32_index("kv_last_page_len", kv_last_page_len, kv_indptr.numel() - 1, kv_indptr.device)
+    page_size = int(page_size)
+    if page_size < 1:
+        raise ValueError(f"page_size: expected a positive int, got {page_size}")
+    num_pages = kv_indptr[1:] - kv_indptr[:-1]
+    return (torch.clamp(num_pages - 1, min=0) * page_size + kv_last_page_len).to(torch.int32)
