@@ -13,3 +13,67 @@ from .decode import (  # noqa: F401
     CUDAGraphBatchDecodeWithPagedKVCacheWrapper,
     single_decode_with_kv_cache,
 )
+
+# attention: prefill and append
+from .prefill import (  # noqa: F401
+    BatchPrefillWithPagedKVCacheWrapper,
+    BatchPrefillWithRaggedKVCacheWrapper,
+    single_prefill_with_kv_cache,
+    single_prefill_with_kv_cache_return_lse,
+)
+
+# paged KV cache
+from .page import (  # noqa: F401
+    append_paged_kv_cache,
+    get_batch_indices_positions,
+    get_seq_lens,
+)
+
+# bit packing
+from .quantization import packbits, segment_packbits  # noqa: F401
+
+# cascade: attention-state merging
+from .cascade import merge_state, merge_state_in_place, merge_states  # noqa: F401
+
+# normalization
+from .norm import (  # noqa: F401
+    fused_add_rmsnorm,
+    gemma_fused_add_rmsnorm,
+    gemma_rmsnorm,
+    layernorm,
+    rmsnorm,
+)
+
+# rotary position embedding
+from .rope import (  # noqa: F401
+    apply_llama31_rope,
+    apply_llama31_rope_inplace,
+    apply_llama31_rope_pos_ids,
+    apply_llama31_rope_pos_ids_inplace,
+    apply_rope,
+    apply_rope_inplace,
+    apply_rope_pos_ids,
+    apply_rope_pos_ids_inplace,
+    apply_rope_with_cos_sin_cache,
+    apply_rope_with_cos_sin_cache_inplace,
+)
+
+# gated activations
+from .activation import gelu_and_mul, gelu_tanh_and_mul, silu_and_mul  # noqa: F401
+
+# sampling
+from .sampling import (  # noqa: F401
+    chain_speculative_sampling,
+    min_p_sampling_from_probs,
+    sampling_from_logits,
+    sampling_from_probs,
+    softmax,
+    top_k_mask_logits,
+    top_k_renorm_probs,
+    top_k_sampling_from_probs,
+    top_k_top_p_sampling_from_logits,
+    top_k_top_p_sampling_from_probs,
+    top_p_renorm_probs,
+    top_p_sampling_from_probs,
+)
+from . import sampling  # noqa: F401,E402

@@ -314,6 +314,19 @@ def aot_configs():
                                           variant == "mask", True)
                 configs.append(AotConfig(attention_fwd_kernel, _attention_signature(dtype, dtype, dtype), cx,
                                          warps, stages, f"attn_{kind}_{variant}_{dtype}"))
+        # Prefill launchers (prefill.py): short queries take the decode block shape with causal masks
+        # and ragged K/V; non-causal and masked ragged prefill; a v/o head dim unlike q/k's.
+        for name, group, hd, hd_vo, qo_len, paged, causal, mask in (
+            ("shortq_causal_paged", 4, 128, 128, 1, True, True, False),
+            ("shortq_causal_ragged", 4, 128, 128, 1, False, True, False),
+            ("noncausal_ragged", 4, 128, 128, 1 << 20, False, False, False),
+            ("mask_ragged", 4, 128, 128, 1 << 20, False, False, True),
+            ("d192_vo128_ragged", 1, 192, 128, 1 << 20, False, True, False),
+        ):
+            bm, bn, warps, stages = prefill_block_config(group, max(hd, hd_vo), qo_len)
+            cx = attention_constexprs(group, bm, bn, hd, hd_vo, paged, causal, False, False, 0, mask, True)
+            configs.append(AotConfig(attention_fwd_kernel, _attention_signature(dtype, dtype, dtype), cx, warps, stages,
+                                     f"attn_prefill_{name}_{dtype}"))
         for head_dim in (64, 96, 128, 256):
             bh, warps = merge_block_config(32, head_dim)
             sig = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "o_ptr": ptr(dtype), "lse_ptr": "*fp32"}

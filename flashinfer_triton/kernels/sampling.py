@@ -1,0 +1,493 @@
+"""Sampling kernels: softmax, top-k / top-p / min-p filtering, renormalization, masking, inverse-CDF
+sampling and chain speculative sampling. One program per output row; the vocabulary is streamed in
+blocks of ``BLOCK``, so any vocabulary size (256k and more) works with a fixed register footprint.
+
+No sort. Thresholds are exact order statistics found by a multi-pivot bisection on an
+order-preserving integer key of the float32 value (``_order_key``): each pass over the row
+evaluates ``PIVOTS`` candidate keys at once (a ``[SEARCH_BLOCK, PIVOTS]`` compare per block) and
+keeps the largest key whose count (top-k) or weight (top-p) of ``{key >= t}`` still reaches the
+target, which narrows the key interval by a factor of ``PIVOTS + 1`` per pass: at most 7 passes for
+32-bit keys with 32 pivots. The kept set is ``{x >= threshold}``, so ties at the threshold are all
+kept (FlashInfer's pivot semantics).
+
+Sampling is inverse-CDF over the kept set with one uniform ``u`` per row drawn on the host side of
+the launch (a device tensor, no host sync): ``target = u * kept_mass``, then the first kept index
+with positive weight whose running block-wise prefix sum (``tl.cumsum``) exceeds ``target``; if
+float rounding leaves no such index, the last kept index with positive weight is used. A token of
+zero weight or outside the kept set can never be returned.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from . import AotConfig, ptr
+
+# vocab size -> (BLOCK, SEARCH_BLOCK, PIVOTS, num_warps). One entry today: the search tile is
+# SEARCH_BLOCK x PIVOTS = 8192 elements. Every entry is enumerated by aot_configs().
+SAMPLING_TABLE = {
+    1 << 62: (1024, 256, 32, 8),
+}
+
+
+def sampling_config(vocab_size: int):
+    """(BLOCK, SEARCH_BLOCK, PIVOTS, num_warps) for a vocabulary size; every result is in ``aot_configs()``."""
+    for limit, cfg in SAMPLING_TABLE.items():
+        if vocab_size <= limit:
+            return cfg
+    raise ValueError(f"vocabulary size {vocab_size} is too large")
+
+
+# filter kernel modes
+MODE_TOP_K_RENORM = 0
+MODE_TOP_P_RENORM = 1
+MODE_TOP_K_MASK = 2
+
+NEG_INF = float("-inf")
+
+# Reductions call tl.reduce / tl.associative_scan with Triton's own combine functions instead of
+# tl.sum / tl.max / tl.min / tl.cumsum: the same code on a GPU, but the interpreter runs them in
+# numpy without the ~1 ms it spends entering each nested @jit function (tl.sum is one).
+_SUM = tl.standard._sum_combine
+_MAX = tl.standard._elementwise_max
+_MIN = tl.standard._elementwise_min
+
+
+@triton.jit
+def _order_key(x):
+    """Inlined by hand in the block loops: the interpreter pays ~0.2 ms per nested jit call.
+    int32 key with key(a) < key(b) iff a < b for float32 a, b (-0.0 and +0.0 share a key)."""
+    x = tl.where(x == 0.0, 0.0, x)
+    b = x.to(tl.int32, bitcast=True)
+    return tl.where(b < 0, b ^ 0x7FFFFFFF, b)
+
+
+@triton.jit
+def _weight(x, m, IS_LOGITS: tl.constexpr):
+    """Unnormalized probability of a value: exp(x - row max) for logits, max(x, 0) for probs."""
+    if IS_LOGITS:
+        return tl.exp(x - m)
+    else:
+        return tl.maximum(x, 0.0)
+
+
+@triton.jit
+def _row_stats(p_row, n, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
+    """One pass: (min key, max key, max value, total weight). For logits the total is the online
+    softmax denominator relative to the max."""
+    o_b = tl.arange(0, BLOCK)
+    b_kmin = tl.full([BLOCK], 0x7FFFFFFF, tl.int32)
+    b_kmax = tl.full([BLOCK], -0x7FFFFFFF, tl.int32)
+    m = float("-inf")
+    s = 0.0
+    for start in range(0, n, BLOCK):
+        o = start + o_b
+        m_o = o < n
+        b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
+        b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
+        b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
+        b_kmin = tl.minimum(b_kmin, tl.where(m_o, b_k, 0x7FFFFFFF))
+        b_kmax = tl.maximum(b_kmax, tl.where(m_o, b_k, -0x7FFFFFFF))
+        if IS_LOGITS:
+            m_new = tl.maximum(m, tl.reduce(b_x, 0, _MAX))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp(m - m_safe) + tl.reduce(tl.exp(b_x - m_safe), 0, _SUM)
+            m = m_new
+        else:
+            m = tl.maximum(m, tl.reduce(b_x, 0, _MAX))
+            s += tl.reduce(tl.maximum(b_x, 0.0), 0, _SUM)
+    return tl.reduce(b_kmin, 0, _MIN).to(tl.int64), tl.reduce(b_kmax, 0, _MAX).to(tl.int64), m, s
+
+
+@triton.jit
+def _search(p_row, n, lo, hi, target, m, COUNT: tl.constexpr, IS_LOGITS: tl.constexpr,
+            SEARCH_BLOCK: tl.constexpr, PIVOTS: tl.constexpr):
+    """Largest key t in [lo, hi] with f(t) >= target, where f(t) is the count (COUNT) or the weight
+    of the elements with key >= t; f is non-increasing. Returns lo when no t > lo qualifies."""
+    o_p = tl.arange(0, PIVOTS).to(tl.int64)
+    o_b = tl.arange(0, SEARCH_BLOCK)
+    while lo < hi:
+        # PIVOTS candidates in [lo + 1, hi]; when hi - lo <= PIVOTS they cover every key there.
+        b_piv64 = lo + 1 + (o_p * (hi - lo)) // PIVOTS
+        b_piv = b_piv64.to(tl.int32)
+        if COUNT:
+            b_acc = tl.zeros([PIVOTS], dtype=tl.int32)
+        else:
+            b_acc = tl.zeros([PIVOTS], dtype=tl.float32)
+        b_above = tl.full([PIVOTS], 0x7FFFFFFF, tl.int32)  # min element key >= pivot
+        b_below = tl.full([PIVOTS], -0x7FFFFFFF - 1, tl.int32)  # max element key < pivot
+        for start in range(0, n, SEARCH_BLOCK):
+            o = start + o_b
+            m_o = o < n
+            b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
+            b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
+            b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
+            b_ge = (b_k[:, None] >= b_piv[None, :]) & m_o[:, None]
+            b_lt = (b_k[:, None] < b_piv[None, :]) & m_o[:, None]
+            b_above = tl.minimum(b_above, tl.reduce(tl.where(b_ge, b_k[:, None], 0x7FFFFFFF), 0, _MIN))
+            b_below = tl.maximum(b_below, tl.reduce(tl.where(b_lt, b_k[:, None], -0x7FFFFFFF - 1), 0, _MAX))
+            if COUNT:
+                b_acc += tl.reduce(b_ge.to(tl.int32), 0, _SUM)
+            else:
+                if IS_LOGITS:  # _weight, inlined
+                    b_w = tl.exp(b_x - m)
+                else:
+                    b_w = tl.maximum(b_x, 0.0)
+                b_acc += tl.reduce(tl.where(b_ge, b_w[:, None], 0.0), 0, _SUM)
+        # f is a step function of the element keys: snap lo up to the smallest element key >= the
+        # best passing pivot and hi down to the largest element key below the first failing one
+        # (FlashInfer's min_gt_low / max_le_high), so the loop ends once one distinct key is left.
+        b_ok = (b_acc >= target) & (b_acc > 0)  # > 0: top_p = 0 still keeps the largest value
+        new_lo = tl.reduce(tl.where(b_ok, b_piv64, lo), 0, _MAX)
+        new_hi = tl.reduce(tl.where(b_ok, hi, b_piv64 - 1), 0, _MIN)
+        snap_lo = tl.reduce(tl.where(b_ok & (b_piv64 == new_lo), b_above.to(tl.int64), 0x7FFFFFFF), 0, _MIN)
+        snap_hi = tl.reduce(tl.where((b_ok == 0) & (b_piv64 == new_hi + 1), b_below.to(tl.int64), -0x7FFFFFFF - 1), 0, _MAX)
+        lo = tl.where(snap_lo < 0x7FFFFFFF, snap_lo, new_lo)
+        hi = tl.where(snap_hi > -0x7FFFFFFF - 1, snap_hi, new_hi)
+    return lo
+
+
+@triton.jit
+def _mass_above(p_row, n, thr, m, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
+    """Total weight of the elements with key >= thr."""
+    o_b = tl.arange(0, BLOCK)
+    b_s = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, n, BLOCK):
+        o = start + o_b
+        m_o = o < n
+        b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
+        b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
+        b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
+        if IS_LOGITS:  # _weight, inlined
+            b_w = tl.exp(b_x - m)
+        else:
+            b_w = tl.maximum(b_x, 0.0)
+        b_s += tl.where(m_o & (b_k >= thr), b_w, 0.0)
+    return tl.reduce(b_s, 0, _SUM)
+
+
+@triton.jit
+def _pick(p_row, n, thr, m, target, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
+    """First index with key >= thr and positive weight whose inclusive prefix weight exceeds
+    target; the last such index if rounding leaves none; 0 for a row without positive weight."""
+    o_b = tl.arange(0, BLOCK)
+    run = 0.0
+    found = -1
+    last = -1
+    start = 0
+    while (start < n) & (found < 0):
+        o = start + o_b
+        m_o = o < n
+        b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
+        b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
+        b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
+        if IS_LOGITS:  # _weight, inlined
+            b_w = tl.exp(b_x - m)
+        else:
+            b_w = tl.maximum(b_x, 0.0)
+        b_keep = m_o & (b_k >= thr) & (b_w > 0.0)
+        b_w = tl.where(b_keep, b_w, 0.0)
+        b_c = tl.associative_scan(b_w, 0, _SUM) + run
+        b_hit = b_keep & (b_c > target)
+        first = tl.reduce(tl.where(b_hit, o, 0x7FFFFFFF), 0, _MIN)
+        found = tl.where(first < 0x7FFFFFFF, first, -1)
+        last = tl.maximum(last, tl.reduce(tl.where(b_keep, o, -1), 0, _MAX))
+        run += tl.reduce(b_w, 0, _SUM)
+        start += BLOCK
+    res = tl.where(found >= 0, found, last)
+    return tl.maximum(res, 0)
+
+
+@triton.jit(do_not_specialize=["n", "top_k_val", "top_p_val", "min_p_val", "k_mode", "p_mode", "minp_mode",
+                               "joint"])
+def sample_kernel(
+    p_x, p_idx, p_topk, p_topp, p_minp, p_u, p_out, p_valid,
+    stride_x, n,
+    top_k_val, top_p_val, min_p_val,
+    k_mode, p_mode, minp_mode, joint,
+    HAS_INDICES: tl.constexpr, IS_LOGITS: tl.constexpr,
+    BLOCK: tl.constexpr, SEARCH_BLOCK: tl.constexpr, PIVOTS: tl.constexpr,
+):
+    """out[i] = a sample from row ``indices[i]`` (or i) of x restricted to the kept set.
+
+    ``*_mode``: 0 filter off, 1 scalar value, 2 per-output array. Kept set = {key >= thr} with thr
+    the largest of the top-k, top-p and min-p thresholds. Top-p targets: with top-k on and
+    ``joint == 0`` (FlashInfer's "top_k_first") top_p * (weight of the top-k set), searched inside
+    it; otherwise top_p * (total weight for logits, 1 for probs). valid[i] = kept weight > 0."""
+    top_p_val = tl.cast(top_p_val, tl.float32)
+    min_p_val = tl.cast(min_p_val, tl.float32)
+    pid = tl.program_id(0)
+    if HAS_INDICES:
+        row = tl.load(p_idx + pid).to(tl.int64)
+    else:
+        row = pid.to(tl.int64)
+    p_row = p_x + row * stride_x
+    key_lo, key_hi, m, total = _row_stats(p_row, n, IS_LOGITS, BLOCK)
+    thr = key_lo
+    k = top_k_val
+    if k_mode == 2:
+        k = tl.load(p_topk + pid)
+    k_on = (k_mode != 0) & (k > 0) & (k < n)
+    if k_on:
+        thr = _search(p_row, n, key_lo, key_hi, k, m, True, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
+    if p_mode != 0:
+        tp = top_p_val
+        if p_mode == 2:
+            tp = tl.load(p_topp + pid).to(tl.float32)
+        if tp < 1.0:
+            lo_p = key_lo
+            base = tl.where(IS_LOGITS, total, 1.0)
+            if (k_mode != 0) & (joint == 0):
+                # "top_k_first": top-p over the renormalized top-k set (all of the row if k >= n)
+                lo_p = thr
+                base = total
+                if k_on:
+                    base = _mass_above(p_row, n, thr, m, IS_LOGITS, BLOCK)
+            thr_p = _search(p_row, n, lo_p, key_hi, tp * base, m, False, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
+            thr = tl.maximum(thr, thr_p)
+    if minp_mode != 0:
+        mp = min_p_val
+        if minp_mode == 2:
+            mp = tl.load(p_minp + pid).to(tl.float32)
+        thr = tl.maximum(thr, _order_key(mp * _weight(m, m, IS_LOGITS)).to(tl.int64))
+    if thr == key_lo:
+        kept = total
+    else:
+        kept = _mass_above(p_row, n, thr, m, IS_LOGITS, BLOCK)
+    u = tl.load(p_u + pid).to(tl.float32)
+    res = _pick(p_row, n, thr, m, u * kept, IS_LOGITS, BLOCK)
+    tl.store(p_out + pid, res.to(p_out.dtype.element_ty))
+    tl.store(p_valid + pid, kept > 0.0)
+
+
+@triton.jit(do_not_specialize=["n", "top_k_val", "top_p_val", "k_mode", "p_mode"])
+def filter_kernel(
+    p_x, p_out, p_topk, p_topp,
+    stride_x, stride_o, n,
+    top_k_val, top_p_val, k_mode, p_mode,
+    MODE: tl.constexpr, BLOCK: tl.constexpr, SEARCH_BLOCK: tl.constexpr, PIVOTS: tl.constexpr,
+):
+    """MODE 0 (top-k renorm) / 1 (top-p renorm): out = x / kept mass where key(x) >= thr, else 0.
+    MODE 2 (top-k mask): out = x where key(x) >= thr, else -inf. ``*_mode`` as in sample_kernel."""
+    IS_LOGITS: tl.constexpr = MODE == 2
+    top_p_val = tl.cast(top_p_val, tl.float32)
+    pid = tl.program_id(0)
+    p_row = p_x + pid.to(tl.int64) * stride_x
+    p_orow = p_out + pid.to(tl.int64) * stride_o
+    key_lo, key_hi, m, total = _row_stats(p_row, n, IS_LOGITS, BLOCK)
+    thr = key_lo
+    if MODE == 1:
+        tp = top_p_val
+        if p_mode == 2:
+            tp = tl.load(p_topp + pid).to(tl.float32)
+        if tp < 1.0:
+            thr = _search(p_row, n, key_lo, key_hi, tp, m, False, False, SEARCH_BLOCK, PIVOTS)
+    else:
+        k = top_k_val
+        if k_mode == 2:
+            k = tl.load(p_topk + pid)
+        if (k > 0) & (k < n):
+            thr = _search(p_row, n, key_lo, key_hi, k, m, True, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
+    if MODE != 2:
+        if thr == key_lo:
+            s = total
+        else:
+            s = _mass_above(p_row, n, thr, m, False, BLOCK)
+        inv = tl.where(s > 0.0, 1.0 / s, 0.0)
+    o_b = tl.arange(0, BLOCK)
+    for start in range(0, n, BLOCK):
+        o = start + o_b
+        m_o = o < n
+        b_x = tl.load(p_row + o, mask=m_o, other=0.0).to(tl.float32)
+        b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
+        b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
+        b_keep = b_k >= thr
+        if MODE == 2:
+            b_y = tl.where(b_keep, b_x, float("-inf"))
+        else:
+            b_y = tl.where(b_keep, tl.maximum(b_x, 0.0) * inv, 0.0)
+        tl.store(p_orow + o, b_y.to(p_out.dtype.element_ty), mask=m_o)
+
+
+@triton.jit(do_not_specialize=["n", "temp_val", "temp_mode"])
+def softmax_kernel(
+    p_x, p_out, p_temp, stride_x, stride_o, n, temp_val, temp_mode,
+    BLOCK: tl.constexpr,
+):
+    """out = softmax(x / T) in float32; temp_mode 0: T = 1, 1: T = temp_val, 2: T = temp[row]."""
+    temp_val = tl.cast(temp_val, tl.float32)
+    pid = tl.program_id(0)
+    p_row = p_x + pid.to(tl.int64) * stride_x
+    p_orow = p_out + pid.to(tl.int64) * stride_o
+    t = tl.where(temp_mode == 1, temp_val, 1.0)
+    if temp_mode == 2:
+        t = tl.load(p_temp + pid).to(tl.float32)
+    inv_t = 1.0 / t
+    o_b = tl.arange(0, BLOCK)
+    m = float("-inf")
+    s = 0.0
+    for start in range(0, n, BLOCK):
+        o = start + o_b
+        b_x = tl.load(p_row + o, mask=o < n, other=float("-inf")).to(tl.float32) * inv_t
+        m_new = tl.maximum(m, tl.reduce(b_x, 0, _MAX))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - m_safe) + tl.reduce(tl.exp(b_x - m_safe), 0, _SUM)
+        m = m_new
+    inv_s = 1.0 / s
+    for start in range(0, n, BLOCK):
+        o = start + o_b
+        m_o = o < n
+        b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32) * inv_t
+        tl.store(p_orow + o, tl.exp(b_x - m) * inv_s, mask=m_o)
+
+
+@triton.jit(do_not_specialize=["num_spec", "n"])
+def chain_speculative_kernel(
+    p_draft, p_ids, p_target, p_u, p_out, p_acc, p_emit,
+    num_spec, n,
+    BLOCK: tl.constexpr,
+):
+    """One row: accept draft token i while u_i * draft[i, id] < target[i, id]; at the first
+    rejection pos, sample from relu(target[pos] - draft[pos]) (or, all accepted, from
+    target[num_spec]) with u_num_spec; out = accepted ids, the sample, then -1. acc += number of
+    positions passing the test independently; emit += pos."""
+    pid = tl.program_id(0).to(tl.int64)
+    n64 = n.to(tl.int64)
+    p_d = p_draft + pid * num_spec * n64
+    p_t = p_target + pid * (num_spec + 1) * n64
+    p_i = p_ids + pid * num_spec
+    p_uu = p_u + pid * (num_spec + 1)
+    p_o = p_out + pid * (num_spec + 1)
+    pos = num_spec
+    accepted = 0
+    for i in range(0, num_spec):
+        tok = tl.load(p_i + i).to(tl.int64)
+        q = tl.load(p_t + i * n64 + tok).to(tl.float32)
+        p = tl.load(p_d + i * n64 + tok).to(tl.float32)
+        u = tl.load(p_uu + i)
+        ok = u * p < q
+        accepted += ok.to(tl.int32)
+        pos = tl.where((ok == 0) & (pos == num_spec), i, pos)
+        tl.store(p_o + i, tl.where(i < pos, tok, -1).to(tl.int32))
+    tl.store(p_acc + pid, tl.load(p_acc + pid) + accepted)
+    tl.store(p_emit + pid, tl.load(p_emit + pid) + pos)
+    tl.store(p_o + num_spec, -1)
+    # sample the token at pos (overwrites the -1 above when every draft token was accepted)
+    o_b = tl.arange(0, BLOCK)
+    p_trow = p_t + pos.to(tl.int64) * n64
+    p_drow = p_d + pos.to(tl.int64) * n64
+    resid = pos < num_spec
+    b_s = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, n, BLOCK):
+        o = start + o_b
+        m_o = o < n
+        b_w = tl.load(p_trow + o, mask=m_o, other=0.0).to(tl.float32)
+        if resid:
+            b_w = b_w - tl.load(p_drow + o, mask=m_o, other=0.0).to(tl.float32)
+        b_s += tl.maximum(b_w, 0.0)
+    total = tl.reduce(b_s, 0, _SUM)
+    target = tl.load(p_uu + num_spec) * total
+    run = 0.0
+    found = -1
+    last = -1
+    start = 0
+    while (start < n) & (found < 0):
+        o = start + o_b
+        m_o = o < n
+        b_w = tl.load(p_trow + o, mask=m_o, other=0.0).to(tl.float32)
+        if resid:
+            b_w = b_w - tl.load(p_drow + o, mask=m_o, other=0.0).to(tl.float32)
+        b_w = tl.where(m_o, tl.maximum(b_w, 0.0), 0.0)
+        b_keep = b_w > 0.0
+        b_c = tl.associative_scan(b_w, 0, _SUM) + run
+        first = tl.reduce(tl.where(b_keep & (b_c > target), o, 0x7FFFFFFF), 0, _MIN)
+        found = tl.where(first < 0x7FFFFFFF, first, -1)
+        last = tl.maximum(last, tl.reduce(tl.where(b_keep, o, -1), 0, _MAX))
+        run += tl.reduce(b_w, 0, _SUM)
+        start += BLOCK
+    res = tl.maximum(tl.where(found >= 0, found, last), 0)
+    tl.store(p_o + pos, res.to(tl.int32))
+
+
+@triton.jit
+def philox_uniform_kernel(
+    p_seed, p_off, p_u, seed_val, off_val, seed_stride, off_stride, per_row,
+    SEED_ARR: tl.constexpr, OFF_ARR: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """u[row, j] = Philox(seed_row, offset_row + row * per_row + j) in [0, 1), j < per_row."""
+    pid = tl.program_id(0)
+    if SEED_ARR:
+        seed = tl.load(p_seed + pid * seed_stride)
+    else:
+        seed = seed_val
+    if OFF_ARR:
+        off = tl.load(p_off + pid * off_stride)
+    else:
+        off = off_val
+    o = tl.arange(0, BLOCK_R)
+    r = tl.rand(seed, (off + pid.to(tl.int64) * per_row + o).to(tl.uint64))
+    tl.store(p_u + pid.to(tl.int64) * per_row + o, r, mask=o < per_row)
+
+
+def _sig(**kw):
+    return dict(kw)
+
+
+def aot_configs():
+    import torch
+
+    cfgs = []
+    for _, (block, sblock, piv, warps) in SAMPLING_TABLE.items():
+        c = dict(BLOCK=block, SEARCH_BLOCK=sblock, PIVOTS=piv)
+        x_variants = [(torch.float32, False), (torch.float16, True), (torch.bfloat16, True), (torch.float32, True)]
+        for xdt, is_logits in x_variants:
+            for has_idx, idt in ((False, torch.int32), (True, torch.int32), (True, torch.int64)):
+                sig = _sig(p_x=ptr(xdt), p_idx=ptr(idt), p_topk="*i32", p_topp="*fp32", p_minp="*fp32",
+                           p_u="*fp32", p_out=ptr(idt), p_valid="*i1", stride_x="i64", n="i32",
+                           top_k_val="i32", top_p_val="fp32", min_p_val="fp32", k_mode="i32", p_mode="i32",
+                           minp_mode="i32", joint="i32", HAS_INDICES="constexpr", IS_LOGITS="constexpr",
+                           BLOCK="constexpr", SEARCH_BLOCK="constexpr", PIVOTS="constexpr")
+                cfgs.append(AotConfig(sample_kernel, sig, dict(HAS_INDICES=has_idx, IS_LOGITS=is_logits, **c),
+                                      num_warps=warps,
+                                      name=f"sampling_sample_{'logits' if is_logits else 'probs'}_{xdt}_{idt if has_idx else 'noidx'}_{block}"))
+        for mode, dts in ((MODE_TOP_K_RENORM, (torch.float32, torch.float16, torch.bfloat16)),
+                          (MODE_TOP_P_RENORM, (torch.float32,)),
+                          (MODE_TOP_K_MASK, (torch.float32, torch.float16, torch.bfloat16))):
+            for dt in dts:
+                sig = _sig(p_x=ptr(dt), p_out=ptr(dt), p_topk="*i32", p_topp="*fp32", stride_x="i64",
+                           stride_o="i64", n="i32", top_k_val="i32", top_p_val="fp32", k_mode="i32",
+                           p_mode="i32", MODE="constexpr", BLOCK="constexpr", SEARCH_BLOCK="constexpr",
+                           PIVOTS="constexpr")
+                cfgs.append(AotConfig(filter_kernel, sig, dict(MODE=mode, **c), num_warps=warps,
+                                      name=f"sampling_filter_mode{mode}_{dt}_{block}"))
+        for dt in (torch.float32, torch.float16, torch.bfloat16):
+            sig = _sig(p_x=ptr(dt), p_out="*fp32", p_temp="*fp32", stride_x="i64", stride_o="i64", n="i32",
+                       temp_val="fp32", temp_mode="i32", BLOCK="constexpr")
+            cfgs.append(AotConfig(softmax_kernel, sig, dict(BLOCK=block), num_warps=warps,
+                                  name=f"sampling_softmax_{dt}_{block}"))
+        sig = _sig(p_draft="*fp32", p_ids="*i32", p_target="*fp32", p_u="*fp32", p_out="*i32", p_acc="*i32",
+                   p_emit="*i32", num_spec="i32", n="i32", BLOCK="constexpr")
+        cfgs.append(AotConfig(chain_speculative_kernel, sig, dict(BLOCK=block), num_warps=warps,
+                              name=f"sampling_chain_speculative_{block}"))
+    for seed_arr in (False, True):
+        for off_arr in (False, True):
+            sig = _sig(p_seed="*i64", p_off="*i64", p_u="*fp32", seed_val="i64", off_val="i64", seed_stride="i32",
+                       off_stride="i32", per_row="i32", SEED_ARR="constexpr", OFF_ARR="constexpr",
+                       BLOCK_R="constexpr")
+            for br in PHILOX_BLOCKS:
+                cfgs.append(AotConfig(philox_uniform_kernel, sig, dict(SEED_ARR=seed_arr, OFF_ARR=off_arr,
+                                                                       BLOCK_R=br), num_warps=1,
+                                      name=f"sampling_philox_uniform_{int(seed_arr)}{int(off_arr)}_{br}"))
+    return cfgs
+
+
+# uniforms per row -> BLOCK_R: 1 for plain sampling, up to num_speculate_tokens + 1 <= 64 otherwise
+PHILOX_BLOCKS = (1, 16, 64)
+
+
+def philox_block(per_row: int) -> int:
+    for b in PHILOX_BLOCKS:
+        if per_row <= b:
+            return b
+    raise NotImplementedError(f"num_speculate_tokens + 1 = {per_row} > {PHILOX_BLOCKS[-1]} with explicit seed/offset")
