@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-CPU_DEPS := torch==2.13.0 triton==3.9.0 numpy pytest matplotlib
+CPU_DEPS := torch==2.13.0 triton==3.9.0 numpy pytest pytest-xdist matplotlib
 HAS_GPU := $(shell $(PY) -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1 && echo 1)
 
 .PHONY: demo test test-interpret test-aot test-gpu bench venv clean
@@ -30,7 +30,7 @@ test-interpret: venv
 	TRITON_INTERPRET=1 $(VPY) -m pytest -q -m "not gpu" --ignore=tests/test_aot_compile.py tests
 
 test-aot: venv
-	$(VPY) -m pytest -q tests/test_aot_compile.py
+	$(VPY) -m pytest -q -n 2 tests/test_aot_compile.py
 
 # GPU tier (device machine): the same tests at realistic sizes in bfloat16, graphs and torch.compile.
 test-gpu:

@@ -32,8 +32,15 @@ from .page import (  # noqa: F401
 # bit packing
 from .quantization import packbits, segment_packbits  # noqa: F401
 
-# cascade: attention-state merging
+# cascade: attention-state merging, cascade attention
 from .cascade import merge_state, merge_state_in_place, merge_states  # noqa: F401
+from .cascade import (  # noqa: F401
+    BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
+    BatchPrefillWithSharedPrefixPagedKVCacheWrapper,
+    MultiLevelCascadeAttentionWrapper,
+    SharedPrefixLevels,
+    split_shared_prefix,
+)
 
 # normalization
 from .norm import (  # noqa: F401

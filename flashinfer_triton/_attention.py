@@ -15,7 +15,7 @@ import torch
 
 from ._utils import LOG2E, check_tensor
 from ._launch import launch
-from .kernels.attention import attention_constexprs, attention_fwd_kernel, merge_block_config, merge_partials_kernel
+from .kernels.attention import FP32_BLOCK_N, attention_constexprs, attention_fwd_kernel, merge_block_config, merge_partials_kernel
 
 # float32 is an extension over FlashInfer (exact matrix products, for references and the CPU tier).
 KV_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2)
@@ -134,6 +134,10 @@ class AttentionParams:
             cx = attention_constexprs(self.group, self.block_m, self.block_n, self.head_dim, self.head_dim_vo, self.paged,
                                       self.causal, has_window, self.logits_soft_cap > 0, self.pos_enc, self.custom_mask,
                                       write_lse)
+            if fp32:
+                # float32 operands (an extension over FlashInfer, for exact references) take four times
+                # the shared memory of bf16: small KV blocks, one stage, fit MI300X's 64 KB LDS.
+                cx["BLOCK_N"] = FP32_BLOCK_N
             cx["DOT_PRECISION"] = "ieee" if fp32 else "tf32"
             cache[key] = cx
         return cache[key]
@@ -161,16 +165,20 @@ class AttentionLauncher:
                     mask_indptr if mask_indptr is not None else i32,
                     alibi if alibi is not None else self.lse_dummy)
         self.rope = (1.0 / p.rope_scale, -math.log2(p.rope_theta))
-        self.static_key = tuple(t.data_ptr() & 15 == 0 for t in self.mid) + (p.num_qo_heads,)
+        # Everything fixed for this plan, folded into one hash: the per-call key stays short.
+        self.static_key = hash((id(attention_fwd_kernel), p.num_warps, p.num_stages, p.group, p.block_m, p.block_n,
+                                p.head_dim, p.head_dim_vo, p.paged, p.causal, p.logits_soft_cap > 0, p.pos_enc,
+                                p.custom_mask, p.num_qo_heads) + tuple(t.data_ptr() & 15 == 0 for t in self.mid))
         self.merge_grid = None
         if grid_merge > 0:
-            block_h, warps = merge_block_config(p.num_qo_heads, p.head_dim_vo)
-            self.merge_grid = (grid_merge, -(-p.num_qo_heads // block_h), 1)
+            block_c, warps = merge_block_config(p.num_qo_heads, p.head_dim_vo)
+            self.merge_grid = (grid_merge, p.num_qo_heads, 1)
             self.merge_meta = (meta["merge_out_row"], meta["merge_part_row"], meta["merge_stride"], meta["merge_count"])
-            self.merge_cx = {w: dict(HEAD_DIM_VO=p.head_dim_vo, BLOCK_DV=_pow2(p.head_dim_vo), BLOCK_H=block_h, WRITE_LSE=w)
+            self.merge_cx = {w: dict(HEAD_DIM_VO=p.head_dim_vo, BLOCK_DV=_pow2(p.head_dim_vo), BLOCK_C=block_c, WRITE_LSE=w)
                              for w in (False, True)}
             self.merge_warps = warps
-            self.merge_key = tuple(t.data_ptr() & 15 == 0 for t in (part_o, part_lse) + self.merge_meta)
+            self.merge_key = hash((id(merge_partials_kernel), p.num_qo_heads, p.head_dim_vo, block_c, warps)
+                                  + tuple(t.data_ptr() & 15 == 0 for t in (part_o, part_lse) + self.merge_meta))
 
     def __call__(self, q: torch.Tensor, kv: KVView, out: torch.Tensor, lse: Optional[torch.Tensor],
                  q_scale: float = 1.0, k_scale: float = 1.0, v_scale: float = 1.0,
@@ -187,15 +195,18 @@ class AttentionLauncher:
         fp32 = q.dtype == torch.float32
         if self.grid[0] > 0:
             ptrs = (q, kv.k, kv.v, out, lse_arg)
-            key = (self.static_key, ints, window, write_lse, fp32, tuple(t.data_ptr() & 15 == 0 for t in ptrs))
+            # Pointer dtypes are part of the signature: a float16 call must never reuse a bfloat16 binary.
+            key = (self.static_key, ints, window, write_lse, q.dtype, kv.k.dtype, out.dtype,
+                   tuple(t.data_ptr() & 15 == 0 for t in ptrs))
             launch(attention_fwd_kernel, self.grid, ptrs + self.mid + ints
                    + (scale_arg, p.logits_soft_cap, window) + self.rope + (v_scale,),
-                   p.constexprs(window >= 0, write_lse, fp32), p.num_warps, p.num_stages, key)
+                   p.constexprs(window >= 0, write_lse, fp32), p.num_warps, 1 if fp32 else p.num_stages, key,
+                   prehashed=True)
         if self.merge_grid is not None:
             ints = (out.stride(0), out.stride(1), p.num_qo_heads)
-            key = (self.merge_key, ints, out.data_ptr() & 15 == 0, lse_arg.data_ptr() & 15 == 0)
+            key = (self.merge_key, ints, write_lse, out.dtype, out.data_ptr() & 15 == 0, lse_arg.data_ptr() & 15 == 0)
             launch(merge_partials_kernel, self.merge_grid, self.mid[:2] + (out, lse_arg) + self.merge_meta + ints + (v_scale,),
-                   self.merge_cx[write_lse], self.merge_warps, 1, key)
+                   self.merge_cx[write_lse], self.merge_warps, 1, key, prehashed=True)
 
 
 def launch_attention(p: AttentionParams, q, kv: KVView, out, lse, meta, kv_indices, part_o, part_lse, grid_items: int,

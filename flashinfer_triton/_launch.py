@@ -28,15 +28,16 @@ except Exception:  # noqa: BLE001
 
 
 def launch(kernel, grid: Tuple[int, int, int], args: Tuple, constexprs: Dict[str, Any], num_warps: int,
-           num_stages: int, key: Tuple):
+           num_stages: int, key: Tuple, prehashed: bool = False):
     """Launch ``kernel`` over ``grid`` (3 ints) with runtime ``args`` (positional, in signature order,
     all before the constexprs) and ``constexprs`` (keyword, in signature order). ``key`` must cover
     what Triton specializes the runtime args on: each pointer's 16-byte alignment and each int's
-    value (the caller builds it from what it knows is fixed, which is cheaper than scanning args)."""
+    value (the caller builds it from what it knows is fixed, which is cheaper than scanning args).
+    With ``prehashed`` the key already identifies kernel, constexprs and launch options too."""
     if interpreter_active() or not _FAST_OK[0] or _raw_stream is None:
         kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
         return
-    full_key = (kernel, num_warps, num_stages, tuple(constexprs.values()), key)
+    full_key = key if prehashed else (id(kernel), num_warps, num_stages, tuple(constexprs.values()), key)
     compiled = _CACHE.get(full_key)
     if compiled is None:
         compiled = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)

@@ -1,9 +1,10 @@
 """plan(): turn a batch's lengths into a flat, load-balanced work list for the attention kernel.
 
 A work item is ``(request, q tile start, kv chunk start, kv chunk end, chunk index)``; the kernel's
-grid is ``(items, num_kv_heads)``. When the batch alone would leave the GPU under-filled, each
-request's KV is cut into chunks of one common size (a multiple of the kernel's BLOCK_N), so that
-long and short requests become equal-sized pieces of work; the chunks' partial (o, lse) go to the
+grid is ``(items, num_kv_heads)``. The chunk size is the fair share of the batch's KV work per
+program slot (``PROGRAMS_PER_CU`` per compute unit), a multiple of the kernel's BLOCK_N: requests
+longer than it are cut into chunks, so a batch of very different lengths (or one long request)
+becomes equal-sized pieces and no compute unit idles behind the longest request; the chunks' partial (o, lse) go to the
 float workspace and a merge kernel combines them. A fixed chunk size (``fixed_split_size``) gives
 results that do not depend on the rest of the batch.
 
@@ -44,14 +45,6 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
-def capacity(batch_size: int, max_tiles: int, num_kv_heads: int, num_cus: int, max_qo_tokens: int):
-    """Upper bounds (items, merge rows, partial rows) of any plan for this batch shape; CUDA-graph
-    mode sizes its fixed buffers and grids by these."""
-    target = _ceil_div(PROGRAMS_PER_CU * num_cus, num_kv_heads)
-    items = max_tiles + target + batch_size
-    return items, max_qo_tokens, items * max(1, max_qo_tokens // max(batch_size, 1)) + max_qo_tokens
-
-
 def plan_work(
     qo_indptr: np.ndarray,
     kv_len: np.ndarray,
@@ -83,7 +76,7 @@ def plan_work(
     chunk = 0
     if fixed_split_size is not None and fixed_split_size > 0:
         chunk = _ceil_div(int(fixed_split_size), block_n) * block_n
-    elif not disable_split_kv and num_tiles < target_items and total_work > 0:
+    elif not disable_split_kv and total_work > 0:
         chunk = max(MIN_CHUNK_TOKENS, _ceil_div(_ceil_div(total_work, target_items), block_n) * block_n)
         if chunk >= int(kv_len.max(initial=0)):
             chunk = 0
@@ -181,7 +174,7 @@ def plan_decode(
     chunk = 0
     if fixed_split_size is not None and fixed_split_size > 0:
         chunk = _ceil_div(int(fixed_split_size), block_n) * block_n
-    elif not disable_split_kv and batch < target_items:
+    elif not disable_split_kv:
         total = int(kv_len.sum())
         if total > 0:
             chunk = max(MIN_CHUNK_TOKENS, _ceil_div(_ceil_div(total, target_items), block_n) * block_n)

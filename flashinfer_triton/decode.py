@@ -106,7 +106,7 @@ def single_decode_with_kv_cache(
     _check_common_options(num_qo_heads, kv.num_kv_heads, head_dim, logits_soft_cap, rope_scale, rope_theta)
     kv_len = kv.k.shape[0] if kv_layout == "NHD" else kv.k.shape[1]
     params = _make_params(num_qo_heads, kv.num_kv_heads, head_dim, kv.head_dim_vo, False, pos_encoding_mode,
-                          window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta)
+                          window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta, kv_len)
     plan = _scheduler.plan_work(
         np.array([0, 1], dtype=np.int64), np.array([kv_len], dtype=np.int64), np.zeros(1, dtype=np.int64),
         1, params.block_n, kv.num_kv_heads, num_compute_units(), causal=False)
@@ -126,9 +126,9 @@ def single_decode_with_kv_cache(
 
 
 def _make_params(num_qo_heads, num_kv_heads, head_dim, head_dim_vo, paged, pos_encoding_mode, window_left,
-                 logits_soft_cap, sm_scale, rope_scale, rope_theta) -> AttentionParams:
+                 logits_soft_cap, sm_scale, rope_scale, rope_theta, mean_kv_len=float("inf")) -> AttentionParams:
     group = num_qo_heads // num_kv_heads
-    block_m, block_n, warps, stages = decode_block_config(group, head_dim)
+    block_m, block_n, warps, stages = decode_block_config(group, head_dim, mean_kv_len)
     if group > block_m:
         raise NotImplementedError(f"num_qo_heads / num_kv_heads = {group}: GQA groups above {block_m} are not supported")
     if not isinstance(window_left, int):
@@ -260,7 +260,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         window_left : -1 or the sliding-window size (keys at position >= kv_len - 1 - window_left).
         logits_soft_cap : None/0 or c > 0 (``c * tanh(x / c)`` on scaled logits x).
         q_data_type, kv_data_type, o_data_type : dtypes or names; kv defaults to q, o to q.
-        fixed_split_size : KV chunk size in tokens for every request (batch-invariant results).
+        fixed_split_size : KV chunk size in pages for every request (FlashInfer's unit; batch-invariant results).
         disable_split_kv : never split a request's KV.
         """
         if block_tables is not None or seq_lens is not None:
@@ -307,15 +307,19 @@ class BatchDecodeWithPagedKVCacheWrapper:
         if lpl_h.max(initial=1) > page_size or ((lpl_h < 1) & (num_pages > 0)).any():
             raise ValueError(f"last_page_len: every entry must be in [1, page_size={page_size}] for a request with pages")
 
+        # Under CUDA graphs the captured kernel keeps its block shape: always the long-KV one.
+        mean_len = float("inf") if self._use_cuda_graph or batch == 0 else float(kv_len.mean())
         params = _make_params(num_qo_heads, num_kv_heads, head_dim, head_dim, True, pos_encoding_mode,
-                              window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta)
+                              window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta, mean_len)
         num_cus = num_compute_units(self.device.index or 0) if self.device.type == "cuda" else num_compute_units()
         pad_to = None
         if self._use_cuda_graph:
             target = -(-_scheduler.PROGRAMS_PER_CU * num_cus // num_kv_heads)
             pad_to = (batch + target, batch)
         plan = _scheduler.plan_decode(kv_len, indptr_h[:-1], params.block_n, num_kv_heads, num_cus,
-                                      disable_split_kv=disable_split_kv, fixed_split_size=fixed_split_size, pad_to=pad_to)
+                                      disable_split_kv=disable_split_kv,
+                                      fixed_split_size=None if fixed_split_size is None else fixed_split_size * page_size,
+                                      pad_to=pad_to)
         if self._use_cuda_graph:
             if indices.numel() > self._paged_kv_indices_buf.numel():
                 raise ValueError(f"indices: {indices.numel()} page ids exceed paged_kv_indices_buffer "

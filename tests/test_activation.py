@@ -103,4 +103,8 @@ def test_torch_compile_fullgraph():
     def mlp(x):
         return fi.silu_and_mul(x) + fi.gelu_and_mul(x) * fi.gelu_tanh_and_mul(x)
 
-    torch.testing.assert_close(torch.compile(mlp, fullgraph=True)(x), mlp(x), rtol=0, atol=0)
+    # Our ops are bit-exact under compile; the surrounding bf16 add/mul may be fused by Inductor
+    # (rounded once instead of per op), so the whole expression gets bf16 tolerance.
+    for op in (fi.silu_and_mul, fi.gelu_and_mul, fi.gelu_tanh_and_mul):
+        torch.testing.assert_close(torch.compile(op, fullgraph=True)(x), op(x), rtol=0, atol=0)
+    torch.testing.assert_close(torch.compile(mlp, fullgraph=True)(x), mlp(x))

@@ -95,7 +95,7 @@ def test_split_kv_batch_invariant_and_tuple_cache():
     kv_lens = _kv_lens(gpu_or_cpu(4, 9), gpu_or_cpu(150, 5000), page_size, gen)
     cache, indptr, indices, last, ks, vs = build_paged_cache(kv_lens, page_size, hkv, d, dtype, DEVICE, generator=gen)
     q = torch.randn(len(kv_lens), hq, d, generator=gen).to(dtype).to(DEVICE)
-    split = gpu_or_cpu(64, 512)
+    split = gpu_or_cpu(64, 512) // page_size  # pages, FlashInfer's unit
     w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace())
     w.plan(indptr, indices, last, hq, hkv, d, page_size, q_data_type=dtype, fixed_split_size=split)
     assert w._plan.num_merge_rows > 0, "the test must exercise the split/merge path"

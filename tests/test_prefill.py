@@ -413,7 +413,7 @@ def test_cuda_graph_mode_fixed_buffers_across_replans(kind):
     else:
         w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(
             _workspace(), use_cuda_graph=True, qo_indptr_buf=i32buf(batch + 1), kv_indptr_buf=i32buf(batch + 1),
-            custom_mask_buf=torch.zeros(1 << 16, dtype=torch.uint8, device=DEVICE), mask_indptr_buf=i32buf(batch + 1))
+            custom_mask_buf=torch.zeros(gpu_or_cpu(1 << 16, 1 << 24), dtype=torch.uint8, device=DEVICE), mask_indptr_buf=i32buf(batch + 1))
     first = gpu_or_cpu(([20, 20, 20], [20, 40, 60]), ([500, 500, 500], [500, 3000, 6000]))
     later = gpu_or_cpu([([1, 30, 2], [1, 200, 9]), ([1, 1, 1], [5, 1, 300])],
                        [([1, 1400, 3], [1, 1500, 4000]), ([1, 1, 1], [5, 1, 9000])])
@@ -436,11 +436,12 @@ def test_cuda_graph_mode_fixed_buffers_across_replans(kind):
             _check_batch(out, lse, q, ks, vs, qo_lens, dtype, masks=masks)
         grid = grid or (w._plan.grid_items, w._plan.grid_merge_rows)
         assert (w._plan.grid_items, w._plan.grid_merge_rows) == grid, "the grid must not change across plans"
+    big = sum(first[0]) + 100  # more query rows than the graph was sized for
     with pytest.raises(ValueError, match="qo_indptr"):
         if kind == "paged":
-            w.plan(_i32([0, 100, 101, 102]), kv_indptr, indices, last, hq, hkv, d, page_size, q_data_type=dtype)
+            w.plan(_i32([0, big, big + 1, big + 2]), kv_indptr, indices, last, hq, hkv, d, page_size, q_data_type=dtype)
         else:
-            w.plan(_i32([0, 100, 101, 102]), _i32([0, 100, 101, 102]), hq, hkv, d, q_data_type=dtype)
+            w.plan(_i32([0, big, big + 1, big + 2]), _i32([0, big, big + 1, big + 2]), hq, hkv, d, q_data_type=dtype)
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -15,6 +15,7 @@ import triton.language as tl
 from . import AotConfig, ptr
 
 LOG2E = 1.4426950408889634
+FP32_BLOCK_N = 16  # KV block for float32 operands (launched with one pipeline stage)
 
 
 @triton.jit
@@ -39,6 +40,82 @@ def _rope_rotate(x, x_swapped, pos, o_d, rope_rcp_scale, rope_log2_rcp_theta, HE
     angle = pos[:, None] * freq[None, :]
     sign = tl.where(o_d < HALF, -1.0, 1.0)
     return x.to(tl.float32) * tl.cos(angle) + sign[None, :] * x_swapped.to(tl.float32) * tl.sin(angle)
+
+
+@triton.jit
+def _attention_block(
+    acc, l_i, m_i, start, hi, b_q, q_idx, q_pos, m_row, slope_log2, o_d, m_d, o_dv, m_dv, o_swap,
+    kv_indices_ptr, kv_begin, page_size, k_ptr, v_ptr, stride_kp, stride_kt, stride_kh, stride_vp, stride_vt,
+    stride_vh, kv_head, sm_scale_log2, soft_cap, window_left, rope_rcp_scale, rope_log2_rcp_theta, mask_ptr,
+    mask_base, kv_len, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM_VO: tl.constexpr, BLOCK_DV: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr, POS_ENC: tl.constexpr, CUSTOM_MASK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """One BLOCK_N-key step of the online softmax. MASKED=False is for blocks wholly inside the
+    range and every row's causal/window limits: no bounds checks, no mask arithmetic."""
+    o_n = start + tl.arange(0, BLOCK_N)
+    m_n = o_n < hi
+    if PAGED:
+        if MASKED:
+            page = tl.load(kv_indices_ptr + kv_begin + o_n // page_size, mask=m_n, other=0).to(tl.int64)
+        else:
+            page = tl.load(kv_indices_ptr + kv_begin + o_n // page_size).to(tl.int64)
+        slot = (o_n % page_size).to(tl.int64)
+        k_row = page * stride_kp + slot * stride_kt
+        v_row = page * stride_vp + slot * stride_vt
+    else:
+        tok = kv_begin + o_n.to(tl.int64)
+        k_row = tok * stride_kt
+        v_row = tok * stride_vt
+    if MASKED:
+        m_k = m_n[:, None] & m_d[None, :]
+        m_v = m_n[:, None] & m_dv[None, :]
+    else:
+        m_k = (o_d < HEAD_DIM)[None, :]
+        m_v = (o_dv < HEAD_DIM_VO)[None, :]
+    p_k = k_ptr + (k_row + kv_head * stride_kh)[:, None]
+    if HEAD_DIM == BLOCK_D and not MASKED:
+        b_k = tl.load(p_k + o_d[None, :])
+    else:
+        b_k = tl.load(p_k + o_d[None, :], mask=m_k, other=0.0)
+    if POS_ENC == 1:
+        b_k_sw = tl.load(p_k + o_swap[None, :], mask=m_k, other=0.0)
+        b_k = _rope_rotate(b_k, b_k_sw, o_n.to(tl.float32), o_d, rope_rcp_scale, rope_log2_rcp_theta, HEAD_DIM)
+    b_k = b_k.to(b_q.dtype)
+    s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
+    if SOFT_CAP:
+        s = (soft_cap * 1.4426950408889634) * _tanh(s * sm_scale_log2)
+    else:
+        s = s * sm_scale_log2
+    if POS_ENC == 2:
+        s += slope_log2[:, None] * (o_n[None, :] - q_idx[:, None]).to(tl.float32)
+    if MASKED:
+        keep = m_n[None, :] & m_row[:, None]
+        if CAUSAL:
+            keep &= o_n[None, :] <= q_pos[:, None]
+        if HAS_WINDOW:
+            keep &= o_n[None, :] >= q_pos[:, None] - window_left
+        if CUSTOM_MASK:
+            bit = q_idx.to(tl.int64)[:, None] * kv_len + o_n[None, :]
+            byte = tl.load(mask_ptr + mask_base + bit // 8, mask=keep, other=0)
+            keep &= ((byte >> (bit % 8).to(tl.uint8)) & 1) != 0
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = m_new
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    p_v = v_ptr + (v_row + kv_head * stride_vh)[:, None]
+    if HEAD_DIM_VO == BLOCK_DV and not MASKED:
+        b_v = tl.load(p_v + o_dv[None, :])
+    else:
+        b_v = tl.load(p_v + o_dv[None, :], mask=m_v, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(b_q.dtype), b_v.to(b_q.dtype), input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
 
 
 @triton.jit
@@ -108,59 +185,55 @@ def attention_fwd_kernel(
     if CAUSAL:
         hi = tl.minimum(hi, last_q_pos + 1)
     if HAS_WINDOW:
-        first_q_pos = q_start + kv_len - qo_len
-        lo = tl.maximum(lo, first_q_pos - window_left)
+        lo = tl.maximum(lo, q_start + kv_len - qo_len - window_left)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    mask_base = 0
     if CUSTOM_MASK:
         mask_base = tl.load(mask_indptr_ptr + req).to(tl.int64)
+    if POS_ENC != 2:
+        slope_log2 = tl.zeros([BLOCK_M], tl.float32)
+    if POS_ENC != 1:
+        o_swap = o_d
 
-    for start in range(lo, hi, BLOCK_N):
-        o_n = start + tl.arange(0, BLOCK_N)
-        m_n = o_n < hi
-        if PAGED:
-            page = tl.load(kv_indices_ptr + kv_begin + o_n // page_size, mask=m_n, other=0).to(tl.int64)
-            slot = (o_n % page_size).to(tl.int64)
-            k_row = page * stride_kp + slot * stride_kt
-            v_row = page * stride_vp + slot * stride_vt
-        else:
-            tok = kv_begin + o_n.to(tl.int64)
-            k_row = tok * stride_kt
-            v_row = tok * stride_vt
-        p_k = k_ptr + (k_row + kv_head * stride_kh)[:, None]
-        b_k = tl.load(p_k + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
-        if POS_ENC == 1:
-            b_k_sw = tl.load(p_k + o_swap[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
-            b_k = _rope_rotate(b_k, b_k_sw, o_n.to(tl.float32), o_d, rope_rcp_scale, rope_log2_rcp_theta, HEAD_DIM)
-        b_k = b_k.to(b_q.dtype)
-        s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
-        if SOFT_CAP:
-            s = (soft_cap * 1.4426950408889634) * _tanh(s * sm_scale_log2)
-        else:
-            s = s * sm_scale_log2
-        if POS_ENC == 2:
-            s += slope_log2[:, None] * (o_n[None, :] - q_idx[:, None]).to(tl.float32)
-        keep = m_n[None, :] & m_row[:, None]
-        if CAUSAL:
-            keep &= o_n[None, :] <= q_pos[:, None]
+    # Blocks [full_lo, full_hi) need no mask at all (every row sees every key, all in range): the
+    # causal diagonal, the window edge, the chunk's ragged end and custom masks take the masked path.
+    first_q_pos = q_start + kv_len - qo_len
+    full_lo = lo
+    full_hi = lo
+    if not CUSTOM_MASK:
         if HAS_WINDOW:
-            keep &= o_n[None, :] >= q_pos[:, None] - window_left
-        if CUSTOM_MASK:
-            bit = q_idx.to(tl.int64)[:, None] * kv_len + o_n[None, :]
-            byte = tl.load(mask_ptr + mask_base + bit // 8, mask=keep, other=0)
-            keep &= ((byte >> (bit % 8).to(tl.uint8)) & 1) != 0
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        p_v = v_ptr + (v_row + kv_head * stride_vh)[:, None]
-        b_v = tl.load(p_v + o_dv[None, :], mask=m_n[:, None] & m_dv[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(b_q.dtype), b_v.to(b_q.dtype), input_precision=DOT_PRECISION)
-        m_i = m_new
+            edge = last_q_pos - window_left  # keys >= edge are inside every row's window
+            full_lo = lo + tl.maximum(edge - lo + BLOCK_N - 1, 0) // BLOCK_N * BLOCK_N
+        full_lo = tl.minimum(full_lo, hi)
+        full_end = hi
+        if CAUSAL:
+            full_end = tl.minimum(full_end, first_q_pos + 1)  # keys <= first row's position
+        full_hi = full_lo + tl.maximum(full_end - full_lo, 0) // BLOCK_N * BLOCK_N
+    if HAS_WINDOW:  # keys before the window edge (full_lo == lo without a window)
+      for start in range(lo, full_lo, BLOCK_N):
+        acc, l_i, m_i = _attention_block(
+            acc, l_i, m_i, start, hi, b_q, q_idx, q_pos, m_row, slope_log2, o_d, m_d, o_dv, m_dv, o_swap,
+            kv_indices_ptr, kv_begin, page_size, k_ptr, v_ptr, stride_kp, stride_kt, stride_kh, stride_vp, stride_vt,
+            stride_vh, kv_head, sm_scale_log2, soft_cap, window_left, rope_rcp_scale, rope_log2_rcp_theta, mask_ptr,
+            mask_base, kv_len, True, BLOCK_N, HEAD_DIM, BLOCK_D, HEAD_DIM_VO, BLOCK_DV, PAGED, CAUSAL, HAS_WINDOW,
+            SOFT_CAP, POS_ENC, CUSTOM_MASK, DOT_PRECISION)
+    for start in range(full_lo, full_hi, BLOCK_N):
+        acc, l_i, m_i = _attention_block(
+            acc, l_i, m_i, start, hi, b_q, q_idx, q_pos, m_row, slope_log2, o_d, m_d, o_dv, m_dv, o_swap,
+            kv_indices_ptr, kv_begin, page_size, k_ptr, v_ptr, stride_kp, stride_kt, stride_kh, stride_vp, stride_vt,
+            stride_vh, kv_head, sm_scale_log2, soft_cap, window_left, rope_rcp_scale, rope_log2_rcp_theta, mask_ptr,
+            mask_base, kv_len, False, BLOCK_N, HEAD_DIM, BLOCK_D, HEAD_DIM_VO, BLOCK_DV, PAGED, CAUSAL, HAS_WINDOW,
+            SOFT_CAP, POS_ENC, CUSTOM_MASK, DOT_PRECISION)
+    for start in range(full_hi, hi, BLOCK_N):
+        acc, l_i, m_i = _attention_block(
+            acc, l_i, m_i, start, hi, b_q, q_idx, q_pos, m_row, slope_log2, o_d, m_d, o_dv, m_dv, o_swap,
+            kv_indices_ptr, kv_begin, page_size, k_ptr, v_ptr, stride_kp, stride_kt, stride_kh, stride_vp, stride_vt,
+            stride_vh, kv_head, sm_scale_log2, soft_cap, window_left, rope_rcp_scale, rope_log2_rcp_theta, mask_ptr,
+            mask_base, kv_len, True, BLOCK_N, HEAD_DIM, BLOCK_D, HEAD_DIM_VO, BLOCK_DV, PAGED, CAUSAL, HAS_WINDOW,
+            SOFT_CAP, POS_ENC, CUSTOM_MASK, DOT_PRECISION)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -183,54 +256,60 @@ def merge_partials_kernel(
     part_o_ptr, part_lse_ptr, o_ptr, lse_ptr,
     merge_out_row_ptr, merge_part_row_ptr, merge_stride_ptr, merge_count_ptr,
     stride_on, stride_oh, num_qo_heads, v_scale,
-    HEAD_DIM_VO: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_H: tl.constexpr, WRITE_LSE: tl.constexpr,
+    HEAD_DIM_VO: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_C: tl.constexpr, WRITE_LSE: tl.constexpr,
 ):
-    """Combine the split-KV partials of one query row (``BLOCK_H`` heads per program) by their
-    base-2 LSE. Partials of row j are at rows part_row[j] + c * stride[j], c < count[j]."""
+    """Combine the split-KV partials of one (query row, head) by their base-2 LSE. Partials of row
+    j are at rows part_row[j] + c * stride[j], c < count[j]; BLOCK_C chunks are loaded at once (a
+    chunk-by-chunk loop would serialize one memory latency per chunk)."""
     j = tl.program_id(0)
+    head = tl.program_id(1)
     out_row = tl.load(merge_out_row_ptr + j)
     if out_row < 0:
         return
     part_row = tl.load(merge_part_row_ptr + j).to(tl.int64)
     stride = tl.load(merge_stride_ptr + j).to(tl.int64)
     count = tl.load(merge_count_ptr + j)
-    o_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    m_h = o_h < num_qo_heads
     o_dv = tl.arange(0, BLOCK_DV)
     m_dv = o_dv < HEAD_DIM_VO
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)
-    for c in range(0, count):
-        row = (part_row + c * stride) * num_qo_heads + o_h
-        s = tl.load(part_lse_ptr + row, mask=m_h, other=float("-inf"))
-        v = tl.load(part_o_ptr + row[:, None] * HEAD_DIM_VO + o_dv[None, :], mask=m_h[:, None] & m_dv[None, :], other=0.0)
-        m_new = tl.maximum(m_i, s)
+    m_i = float("-inf")
+    l_i = 0.0
+    acc = tl.zeros([BLOCK_DV], tl.float32)
+    for c0 in range(0, count, BLOCK_C):
+        o_c = c0 + tl.arange(0, BLOCK_C)
+        m_c = o_c < count
+        row = (part_row + o_c * stride) * num_qo_heads + head
+        s = tl.load(part_lse_ptr + row, mask=m_c, other=float("-inf"))
+        v = tl.load(part_o_ptr + row[:, None] * HEAD_DIM_VO + o_dv[None, :], mask=m_c[:, None] & m_dv[None, :], other=0.0)
+        m_new = tl.maximum(m_i, tl.max(s, 0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
         w = tl.exp2(s - m_safe)
-        l_i = l_i * alpha + w
-        acc = acc * alpha[:, None] + w[:, None] * v
+        l_i = l_i * alpha + tl.sum(w, 0)
+        acc = acc * alpha + tl.sum(w[:, None] * v, 0)
         m_i = m_new
     empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None] * v_scale
+    out = acc / tl.where(empty, 1.0, l_i) * v_scale
     out_row64 = out_row.to(tl.int64)
-    p_o = o_ptr + out_row64 * stride_on + o_h.to(tl.int64)[:, None] * stride_oh + o_dv[None, :]
-    tl.store(p_o, out.to(o_ptr.dtype.element_ty), mask=m_h[:, None] & m_dv[None, :])
+    tl.store(o_ptr + out_row64 * stride_on + head.to(tl.int64) * stride_oh + o_dv, out.to(o_ptr.dtype.element_ty), mask=m_dv)
     if WRITE_LSE:
         lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
-        tl.store(lse_ptr + out_row64 * num_qo_heads + o_h, lse, mask=m_h)
+        tl.store(lse_ptr + out_row64 * num_qo_heads + head, lse)
 
 
 # ---------------------------------------------------------------------------------------------
 # Launch configurations: the launchers and the AOT tier share these tables.
 
-def decode_block_config(group: int, head_dim: int):
+SHORT_KV = 2048
+
+
+def decode_block_config(group: int, head_dim: int, mean_kv_len: float = float("inf")):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for one query row per request. Chosen by
     benchmarks/tune_decode.py on an H100 (bf16, D=128, page 16): BLOCK_N=128, 4 warps, 2 stages led
-    the geometric mean over batch 1-256 x 512-128k; D=256 halves BLOCK_N to fit shared memory."""
+    the geometric mean over batch 1-256 x 512-128k; D=256 halves BLOCK_N to fit shared memory. Short
+    requests (mean length <= SHORT_KV) take BLOCK_N=64: a program then holds a third of the shared
+    memory, so several fit on one SM and their short loops overlap."""
     block_m = max(16, triton.next_power_of_2(group))
-    block_n = 128 if head_dim <= 128 else 64
+    block_n = 128 if head_dim <= 128 and mean_kv_len > SHORT_KV else 64
     return block_m, block_n, 4, 2
 
 
@@ -246,9 +325,8 @@ def prefill_block_config(group: int, head_dim: int, max_qo_len: int):
 
 
 def merge_block_config(num_qo_heads: int, head_dim_vo: int):
-    """(BLOCK_H, num_warps) for the partial merge."""
-    block_h = min(triton.next_power_of_2(num_qo_heads), max(1, 4096 // triton.next_power_of_2(head_dim_vo)), 16)
-    return block_h, 4
+    """(BLOCK_C, num_warps) for the partial merge: chunks loaded per step, one (row, head) a program."""
+    return 16 if head_dim_vo <= 256 else 8, 4
 
 
 def _attention_signature(q_dtype, kv_dtype, o_dtype):
@@ -291,21 +369,33 @@ def aot_configs():
     import torch
 
     configs = []
-    # Block shapes for every head dim and group the launchers accept; variants on the common case.
-    for dtype in (torch.float16, torch.bfloat16):
-        for head_dim in (64, 96, 128, 256):
-            for group in (1, 4, 8, 16):
-                for kind, (bm, bn, warps, stages) in (
-                    ("decode", decode_block_config(group, head_dim)),
-                    ("prefill", prefill_block_config(group, head_dim, 1 << 20)),
-                ):
-                    for paged in (True, False):
-                        if kind == "decode" and not paged:
-                            continue
-                        cx = attention_constexprs(group, bm, bn, head_dim, head_dim, paged, kind == "prefill",
-                                                  False, False, 0, False, True)
-                        configs.append(AotConfig(attention_fwd_kernel, _attention_signature(dtype, dtype, dtype), cx,
-                                                 warps, stages, f"attn_{kind}_{'paged' if paged else 'ragged'}_{dtype}_d{head_dim}_g{group}"))
+    # Block shapes for every head dim the API accepts, GQA groups 1/4/16 (the block shape depends on
+    # head dim and group only), decode and causal prefill, in bf16; float16 and float32 (ieee dots)
+    # on the common shape; then every variant flag on the common shape. fp16 and bf16 lower alike.
+    bf16 = torch.bfloat16
+    for head_dim in (64, 96, 128, 256):
+        for group in (1, 4, 16):
+            for kind, (bm, bn, warps, stages) in (
+                ("decode", decode_block_config(group, head_dim)),
+                ("decodeshort", decode_block_config(group, head_dim, SHORT_KV)),
+                ("prefill", prefill_block_config(group, head_dim, 1 << 20)),
+            ):
+                if kind == "decodeshort" and head_dim > 128:
+                    continue  # same block shape as "decode"
+                cx = attention_constexprs(group, bm, bn, head_dim, head_dim, True, kind == "prefill",
+                                          False, False, 0, False, True)
+                configs.append(AotConfig(attention_fwd_kernel, _attention_signature(bf16, bf16, bf16), cx,
+                                         warps, stages, f"attn_{kind}_paged_bf16_d{head_dim}_g{group}"))
+    for dtype, prec in ((torch.float16, "tf32"), (torch.float32, "ieee")):
+        for kind, (bm, bn, warps, stages) in (("decode", decode_block_config(4, 128)),
+                                              ("prefill", prefill_block_config(4, 128, 1 << 20))):
+            fp32 = dtype == torch.float32
+            cx = attention_constexprs(4, bm, FP32_BLOCK_N if fp32 else bn, 128, 128, True, kind == "prefill", False,
+                                      False, 0, False, False)
+            cx["DOT_PRECISION"] = prec
+            configs.append(AotConfig(attention_fwd_kernel, _attention_signature(dtype, dtype, dtype), cx,
+                                     warps, 1 if fp32 else stages, f"attn_{kind}_paged_{dtype}_d128_g4"))
+    for dtype in (bf16,):
         for variant in ("window", "softcap", "rope", "alibi", "mask"):
             for kind, (bm, bn, warps, stages) in (("decode", decode_block_config(4, 128)),
                                                   ("prefill", prefill_block_config(4, 128, 1 << 20))):
@@ -327,13 +417,14 @@ def aot_configs():
             cx = attention_constexprs(group, bm, bn, hd, hd_vo, paged, causal, False, False, 0, mask, True)
             configs.append(AotConfig(attention_fwd_kernel, _attention_signature(dtype, dtype, dtype), cx, warps, stages,
                                      f"attn_prefill_{name}_{dtype}"))
-        for head_dim in (64, 96, 128, 256):
-            bh, warps = merge_block_config(32, head_dim)
+    for dtype, head_dims in ((bf16, (64, 96, 128, 256)), (torch.float16, (128,)), (torch.float32, (64,))):
+        for head_dim in head_dims:
+            bc, warps = merge_block_config(32, head_dim)
             sig = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "o_ptr": ptr(dtype), "lse_ptr": "*fp32"}
             for name in ("merge_out_row_ptr", "merge_part_row_ptr", "merge_stride_ptr", "merge_count_ptr"):
                 sig[name] = "*i32"
             sig.update(stride_on="i32", stride_oh="i32", num_qo_heads="i32", v_scale="fp32",
-                       HEAD_DIM_VO="constexpr", BLOCK_DV="constexpr", BLOCK_H="constexpr", WRITE_LSE="constexpr")
-            cx = dict(HEAD_DIM_VO=head_dim, BLOCK_DV=triton.next_power_of_2(head_dim), BLOCK_H=bh, WRITE_LSE=True)
+                       HEAD_DIM_VO="constexpr", BLOCK_DV="constexpr", BLOCK_C="constexpr", WRITE_LSE="constexpr")
+            cx = dict(HEAD_DIM_VO=head_dim, BLOCK_DV=triton.next_power_of_2(head_dim), BLOCK_C=bc, WRITE_LSE=True)
             configs.append(AotConfig(merge_partials_kernel, sig, cx, warps, 1, f"merge_{dtype}_d{head_dim}"))
     return configs
