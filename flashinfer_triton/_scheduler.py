@@ -1,9 +1,10 @@
 """plan(): turn a batch's lengths into a flat, load-balanced work list for the attention kernel.
 
 A work item is ``(request, q tile start, kv chunk start, kv chunk end, chunk index)``; the kernel's
-grid is ``(items, num_kv_heads)``. The chunk size is the fair share of the batch's KV work per
-program slot (``PROGRAMS_PER_CU`` per compute unit), a multiple of the kernel's BLOCK_N: requests
-longer than it are cut into chunks, so a batch of very different lengths (or one long request)
+grid is ``(items, num_kv_heads)``. When the batch has too few items to fill the GPU, or its longest
+request is several times the fair share of the batch's KV work per program slot (``PROGRAMS_PER_CU``
+per compute unit), requests longer than that fair share (a multiple of the kernel's BLOCK_N) are
+cut into chunks, so a batch of very different lengths (or one long request)
 becomes equal-sized pieces and no compute unit idles behind the longest request; the chunks' partial (o, lse) go to the
 float workspace and a merge kernel combines them. A fixed chunk size (``fixed_split_size``) gives
 results that do not depend on the rest of the batch.
@@ -22,6 +23,9 @@ import torch
 # Programs per compute unit the split heuristic aims for: enough resident work to hide memory latency.
 PROGRAMS_PER_CU = 2  # tuned on an H100 with benchmarks/tune_decode.py
 MIN_CHUNK_TOKENS = 256
+# Split a batch that already fills the GPU only when its longest request is this many fair shares
+# long: then it, not throughput, sets the time; below that a merge pass costs more than it saves.
+SKEW_FACTOR = 4
 
 
 @dataclass
@@ -77,9 +81,11 @@ def plan_work(
     if fixed_split_size is not None and fixed_split_size > 0:
         chunk = _ceil_div(int(fixed_split_size), block_n) * block_n
     elif not disable_split_kv and total_work > 0:
-        chunk = max(MIN_CHUNK_TOKENS, _ceil_div(_ceil_div(total_work, target_items), block_n) * block_n)
-        if chunk >= int(kv_len.max(initial=0)):
-            chunk = 0
+        fair = _ceil_div(total_work, target_items)
+        if num_tiles < target_items or int(kv_len.max(initial=0)) > SKEW_FACTOR * fair:
+            chunk = max(MIN_CHUNK_TOKENS, _ceil_div(fair, block_n) * block_n)
+            if chunk >= int(kv_len.max(initial=0)):
+                chunk = 0
     if chunk > 0:
         n_chunks = np.maximum(_ceil_div(kv_len, chunk), 1)
     else:
@@ -177,9 +183,11 @@ def plan_decode(
     elif not disable_split_kv:
         total = int(kv_len.sum())
         if total > 0:
-            chunk = max(MIN_CHUNK_TOKENS, _ceil_div(_ceil_div(total, target_items), block_n) * block_n)
-            if chunk >= int(kv_len.max()):
-                chunk = 0
+            fair = _ceil_div(total, target_items)
+            if batch < target_items or int(kv_len.max()) > SKEW_FACTOR * fair:
+                chunk = max(MIN_CHUNK_TOKENS, _ceil_div(fair, block_n) * block_n)
+                if chunk >= int(kv_len.max()):
+                    chunk = 0
     arange_b = np.arange(batch, dtype=np.int64)
     qo_indptr = np.arange(batch + 1, dtype=np.int64)
     if chunk == 0:

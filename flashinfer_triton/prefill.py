@@ -30,6 +30,7 @@ from . import _scheduler, ops
 from ._attention import (
     KV_DTYPES,
     Q_DTYPES,
+    AttentionLauncher,
     AttentionParams,
     KVView,
     check_layout,
@@ -407,6 +408,7 @@ class _BatchPrefillBase:
         self._total_rows = total_rows
         self._q_dtype, self._kv_dtype, self._o_dtype = q_dtype, kv_dtype, o_dtype
         self._grid_merge = plan.grid_merge_rows if (self._use_cuda_graph or plan.num_merge_rows) else 0
+        self._launcher = None  # built by the first run() of this plan
         self._planned = True
 
     def _run_common(self, q, kv: KVView, kv_indices, out, lse, return_lse, q_scale, k_scale, v_scale, window_left,
@@ -447,11 +449,18 @@ class _BatchPrefillBase:
             return_lse = True
         elif return_lse:
             lse = torch.empty((n, p.num_qo_heads), dtype=torch.float32, device=self.device)
-        ops.attention(
-            p, q, kv, out, lse, self._meta_views, kv_indices, self._part_o, self._part_lse,
-            self._plan.grid_items, self._grid_merge, mask=self._mask, mask_indptr=self._mask_indptr,
-            alibi=self._alibi, q_scale=_scale_arg("q_scale", q_scale), k_scale=_scale_arg("k_scale", k_scale),
-            v_scale=_scale_arg("v_scale", v_scale), window_left=window_left)
+        qs, ks, vs = _scale_arg("q_scale", q_scale), _scale_arg("k_scale", k_scale), _scale_arg("v_scale", v_scale)
+        if torch.compiler.is_compiling():
+            ops.attention_via_op(
+                p, q, kv, out, lse, self._meta_views, kv_indices, self._part_o, self._part_lse,
+                self._plan.grid_items, self._grid_merge, mask=self._mask, mask_indptr=self._mask_indptr,
+                alibi=self._alibi, q_scale=qs, k_scale=ks, v_scale=vs, window_left=window_left)
+        else:
+            if self._launcher is None or self._launcher[0] is not kv_indices:
+                self._launcher = (kv_indices, AttentionLauncher(
+                    p, self._meta_views, kv_indices, self._part_o, self._part_lse, self._plan.grid_items,
+                    self._grid_merge, self._mask, self._mask_indptr, self._alibi))
+            self._launcher[1](q, kv, out, lse, qs, ks, vs, window_left)
         return (out, lse) if return_lse else out
 
 
