@@ -82,7 +82,9 @@ def plan_work(
         chunk = _ceil_div(int(fixed_split_size), block_n) * block_n
     elif not disable_split_kv and total_work > 0:
         fair = _ceil_div(total_work, target_items)
-        if num_tiles < target_items or int(kv_len.max(initial=0)) > SKEW_FACTOR * fair:
+        # Under-filled: fewer programs than compute units (prefill tiles are heavy enough that one
+        # wave of them keeps the GPU busy; the merge pass over every query row is not free).
+        if num_tiles * num_kv_heads < num_cus or int(kv_len.max(initial=0)) > SKEW_FACTOR * fair:
             chunk = max(MIN_CHUNK_TOKENS, _ceil_div(fair, block_n) * block_n)
             if chunk >= int(kv_len.max(initial=0)):
                 chunk = 0
@@ -106,6 +108,14 @@ def plan_work(
     else:
         item_kv_start = np.zeros(num_items, dtype=np.int64)
         item_kv_end = kv_len[item_req]
+    if causal and num_items > 1:
+        # Longest-first: a causal tile's work grows with its position; starting the heavy tiles
+        # first keeps them off the tail of the launch.
+        q_last = np.minimum(item_q_start + tile_q, qo_len[item_req]) + (kv_len - qo_len)[item_req]
+        work = np.minimum(item_kv_end, q_last) - item_kv_start
+        order = np.argsort(-work, kind="stable")
+        item_req, item_q_start, item_chunk = item_req[order], item_q_start[order], item_chunk[order]
+        item_kv_start, item_kv_end = item_kv_start[order], item_kv_end[order]
 
     # Partials: request b's rows start at part_base[b], chunk c's rows at + c * qo_len[b].
     part_rows = np.where(split, n_chunks * qo_len, 0)

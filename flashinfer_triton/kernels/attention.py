@@ -323,7 +323,8 @@ def prefill_block_config(group: int, head_dim: int, max_qo_len: int):
     if head_dim <= 64:
         return 64, 64, 4, 3
     if head_dim <= 128:
-        return 128, 128, 8, 3
+        # Short query tiles of short requests: a shorter pipeline wastes less in prologue/epilogue.
+        return (128, 128, 8, 3) if max_qo_len > 1024 else (128, 64, 8, 2)
     return 128, 64, 8, 2
 
 
@@ -382,10 +383,11 @@ def aot_configs():
                 ("decode", decode_block_config(group, head_dim)),
                 ("decodeshort", decode_block_config(group, head_dim, SHORT_KV)),
                 ("prefill", prefill_block_config(group, head_dim, 1 << 20)),
+                ("prefillshort", prefill_block_config(group, head_dim, 1024)),
             ):
-                if kind == "decodeshort" and head_dim > 128:
+                if kind in ("decodeshort", "prefillshort") and head_dim > 128:
                     continue  # same block shape as "decode"
-                cx = attention_constexprs(group, bm, bn, head_dim, head_dim, True, kind == "prefill",
+                cx = attention_constexprs(group, bm, bn, head_dim, head_dim, True, kind.startswith("prefill"),
                                           False, False, 0, False, True)
                 configs.append(AotConfig(attention_fwd_kernel, _attention_signature(bf16, bf16, bf16), cx,
                                          warps, stages, f"attn_{kind}_paged_bf16_d{head_dim}_g{group}"))
