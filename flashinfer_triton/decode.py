@@ -308,7 +308,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise ValueError(f"last_page_len: every entry must be in [1, page_size={page_size}] for a request with pages")
 
         # Under CUDA graphs the captured kernel keeps its block shape: always the long-KV one.
-        mean_len = float("inf") if self._use_cuda_graph or batch == 0 else float(kv_len.mean())
+        # A fixed split promises batch-invariant results: the block shape must not follow the batch either.
+        fixed = fixed_split_size is not None and fixed_split_size > 0
+        mean_len = float("inf") if self._use_cuda_graph or fixed or batch == 0 else float(kv_len.mean())
         params = _make_params(num_qo_heads, num_kv_heads, head_dim, head_dim, True, pos_encoding_mode,
                               window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta, mean_len)
         num_cus = num_compute_units(self.device.index or 0) if self.device.type == "cuda" else num_compute_units()

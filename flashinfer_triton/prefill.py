@@ -47,7 +47,7 @@ from ._utils import (
     num_compute_units,
     pos_encoding_code,
 )
-from .kernels.attention import prefill_block_config
+from .kernels.attention import prefill_block_config, variant_stages
 from .quantization import segment_packbits
 
 __all__ = [
@@ -97,6 +97,7 @@ def _make_params(num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, paged, ca
     pos_enc = pos_encoding_code(pos_encoding_mode)
     group = num_qo_heads // num_kv_heads
     block_m, block_n, warps, stages = prefill_block_config(group, max(head_dim_qk, head_dim_vo), max(int(max_qo_len), 1))
+    stages = variant_stages(stages, has_mask, pos_enc)
     if group > block_m:
         raise NotImplementedError(f"num_qo_heads / num_kv_heads = {group}: GQA groups above {block_m} are not supported "
                                   f"at head_dim {max(head_dim_qk, head_dim_vo)}")

@@ -107,4 +107,4 @@ def test_torch_compile_fullgraph():
     # (rounded once instead of per op), so the whole expression gets bf16 tolerance.
     for op in (fi.silu_and_mul, fi.gelu_and_mul, fi.gelu_tanh_and_mul):
         torch.testing.assert_close(torch.compile(op, fullgraph=True)(x), op(x), rtol=0, atol=0)
-    torch.testing.assert_close(torch.compile(mlp, fullgraph=True)(x), mlp(x))
+    torch.testing.assert_close(torch.compile(mlp, fullgraph=True)(x), mlp(x), atol=2e-2, rtol=2e-2)

@@ -328,6 +328,12 @@ def prefill_block_config(group: int, head_dim: int, max_qo_len: int):
     return 128, 64, 8, 2
 
 
+def variant_stages(num_stages: int, custom_mask: bool, pos_enc: int) -> int:
+    """Custom masks and in-kernel RoPE keep extra tiles live: at 3 stages the D=128 prefill tile
+    needs 233 KB of shared memory on an H100 (limit 227 KB), so they run with at most 2."""
+    return min(num_stages, 2) if custom_mask or pos_enc == 1 else num_stages
+
+
 def merge_block_config(num_qo_heads: int, head_dim_vo: int):
     """(BLOCK_C, num_warps) for the partial merge: chunks loaded per step, one (row, head) a program."""
     return 16 if head_dim_vo <= 256 else 8, 4
@@ -404,11 +410,12 @@ def aot_configs():
         for variant in ("window", "softcap", "rope", "alibi", "mask"):
             for kind, (bm, bn, warps, stages) in (("decode", decode_block_config(4, 128)),
                                                   ("prefill", prefill_block_config(4, 128, 1 << 20))):
+                pos_enc = {"rope": 1, "alibi": 2}.get(variant, 0)
                 cx = attention_constexprs(4, bm, bn, 128, 128, True, kind == "prefill", variant == "window",
-                                          variant == "softcap", {"rope": 1, "alibi": 2}.get(variant, 0),
-                                          variant == "mask", True)
+                                          variant == "softcap", pos_enc, variant == "mask", True)
                 configs.append(AotConfig(attention_fwd_kernel, _attention_signature(dtype, dtype, dtype), cx,
-                                         warps, stages, f"attn_{kind}_{variant}_{dtype}"))
+                                         warps, variant_stages(stages, variant == "mask", pos_enc),
+                                         f"attn_{kind}_{variant}_{dtype}"))
         # Prefill launchers (prefill.py): short queries take the decode block shape with causal masks
         # and ragged K/V; non-causal and masked ragged prefill; a v/o head dim unlike q/k's.
         for name, group, hd, hd_vo, qo_len, paged, causal, mask in (
@@ -420,8 +427,8 @@ def aot_configs():
         ):
             bm, bn, warps, stages = prefill_block_config(group, max(hd, hd_vo), qo_len)
             cx = attention_constexprs(group, bm, bn, hd, hd_vo, paged, causal, False, False, 0, mask, True)
-            configs.append(AotConfig(attention_fwd_kernel, _attention_signature(dtype, dtype, dtype), cx, warps, stages,
-                                     f"attn_prefill_{name}_{dtype}"))
+            configs.append(AotConfig(attention_fwd_kernel, _attention_signature(dtype, dtype, dtype), cx, warps,
+                                     variant_stages(stages, mask, 0), f"attn_prefill_{name}_{dtype}"))
     for dtype, head_dims in ((bf16, (64, 96, 128, 256)), (torch.float16, (128,)), (torch.float32, (64,))):
         for head_dim in head_dims:
             bc, warps = merge_block_config(32, head_dim)
