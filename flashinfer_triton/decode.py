@@ -106,7 +106,7 @@ def single_decode_with_kv_cache(
     _check_common_options(num_qo_heads, kv.num_kv_heads, head_dim, logits_soft_cap, rope_scale, rope_theta)
     kv_len = kv.k.shape[0] if kv_layout == "NHD" else kv.k.shape[1]
     params = _make_params(num_qo_heads, kv.num_kv_heads, head_dim, kv.head_dim_vo, False, pos_encoding_mode,
-                          window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta, kv_len)
+                          window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta)
     plan = _scheduler.plan_work(
         np.array([0, 1], dtype=np.int64), np.array([kv_len], dtype=np.int64), np.zeros(1, dtype=np.int64),
         1, params.block_n, kv.num_kv_heads, num_compute_units(), causal=False)
@@ -126,9 +126,9 @@ def single_decode_with_kv_cache(
 
 
 def _make_params(num_qo_heads, num_kv_heads, head_dim, head_dim_vo, paged, pos_encoding_mode, window_left,
-                 logits_soft_cap, sm_scale, rope_scale, rope_theta, mean_kv_len=float("inf")) -> AttentionParams:
+                 logits_soft_cap, sm_scale, rope_scale, rope_theta) -> AttentionParams:
     group = num_qo_heads // num_kv_heads
-    block_m, block_n, warps, stages = decode_block_config(group, head_dim, mean_kv_len)
+    block_m, block_n, warps, stages = decode_block_config(group, head_dim)
     if group > block_m:
         raise NotImplementedError(f"num_qo_heads / num_kv_heads = {group}: GQA groups above {block_m} are not supported")
     if not isinstance(window_left, int):
@@ -307,12 +307,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         if lpl_h.max(initial=1) > page_size or ((lpl_h < 1) & (num_pages > 0)).any():
             raise ValueError(f"last_page_len: every entry must be in [1, page_size={page_size}] for a request with pages")
 
-        # Under CUDA graphs the captured kernel keeps its block shape: always the long-KV one.
-        # A fixed split promises batch-invariant results: the block shape must not follow the batch either.
-        fixed = fixed_split_size is not None and fixed_split_size > 0
-        mean_len = float("inf") if self._use_cuda_graph or fixed or batch == 0 else float(kv_len.mean())
         params = _make_params(num_qo_heads, num_kv_heads, head_dim, head_dim, True, pos_encoding_mode,
-                              window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta, mean_len)
+                              window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta)
         num_cus = num_compute_units(self.device.index or 0) if self.device.type == "cuda" else num_compute_units()
         pad_to = None
         if self._use_cuda_graph:

@@ -299,17 +299,13 @@ def merge_partials_kernel(
 # ---------------------------------------------------------------------------------------------
 # Launch configurations: the launchers and the AOT tier share these tables.
 
-SHORT_KV = 2048
-
-
-def decode_block_config(group: int, head_dim: int, mean_kv_len: float = float("inf")):
+def decode_block_config(group: int, head_dim: int):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for one query row per request. Chosen by
     benchmarks/tune_decode.py on an H100 (bf16, D=128, page 16): BLOCK_N=128, 4 warps, 2 stages led
-    the geometric mean over batch 1-256 x 512-128k; D=256 halves BLOCK_N to fit shared memory. Short
-    requests (mean length <= SHORT_KV) take BLOCK_N=64: a program then holds a third of the shared
-    memory, so several fit on one SM and their short loops overlap."""
+    the geometric mean over batch 1-256 x 512-128k (BLOCK_N=64 for short requests measured slower
+    at 64x2048 and no faster at 256x512); D=256 halves BLOCK_N to fit shared memory."""
     block_m = max(16, triton.next_power_of_2(group))
-    block_n = 128 if head_dim <= 128 and mean_kv_len > SHORT_KV else 64
+    block_n = 128 if head_dim <= 128 else 64
     return block_m, block_n, 4, 2
 
 
@@ -387,11 +383,10 @@ def aot_configs():
         for group in (1, 4, 16):
             for kind, (bm, bn, warps, stages) in (
                 ("decode", decode_block_config(group, head_dim)),
-                ("decodeshort", decode_block_config(group, head_dim, SHORT_KV)),
                 ("prefill", prefill_block_config(group, head_dim, 1 << 20)),
                 ("prefillshort", prefill_block_config(group, head_dim, 1024)),
             ):
-                if kind in ("decodeshort", "prefillshort") and head_dim > 128:
+                if kind == "prefillshort" and head_dim > 128:
                     continue  # same block shape as "decode"
                 cx = attention_constexprs(group, bm, bn, head_dim, head_dim, True, kind.startswith("prefill"),
                                           False, False, 0, False, True)
