@@ -172,6 +172,7 @@ def report(rows, ceiling):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    parser.add_argument("--only", default="", help="comma-separated sections: norm,rope,silu,sampling")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_ops needs a GPU")
@@ -188,6 +189,9 @@ def main():
         ("silu", lambda: bench_silu(b, [1, 16, 128, 1024, 4096, 16384] if not args.quick else [1, 1024, 16384])),
         ("sampling", lambda: bench_sampling(b, [1, 16, 64, 256, 512] if not args.quick else [1, 512])),
     ]
+    if args.only:
+        wanted = set(args.only.split(","))
+        sections = [(name, fn) for name, fn in sections if name in wanted]
     for name, fn in sections:
         print(f"[{name}]")
         try:
@@ -196,7 +200,7 @@ def main():
             traceback.print_exc()
         torch.cuda.empty_cache()
     text = report(b.rows, ceiling)
-    command = "PYTHONPATH=. python3 benchmarks/bench_ops.py" + (" --quick" if args.quick else "")
+    command = "PYTHONPATH=. python3 benchmarks/bench_ops.py" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
     path = write_results("ops", b.rows, command, extra={"copy_ceiling_tbps": ceiling})
     print(text)
     print(f"\nwrote {path}")

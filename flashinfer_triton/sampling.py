@@ -321,7 +321,7 @@ def _sample_probs(probs, indices, generator, seed, offset, check_nan, return_val
     p_arr, p_val, p_mode = (None, 1.0, 0) if p is None else _scalar_or_rows("top_p", p, batch, x.device, False)
     m_arr, m_val, m_mode = (None, 0.0, 0) if min_p is None else _scalar_or_rows("min_p", min_p, batch, x.device,
                                                                                False)
-    u = _uniforms(batch, 1, x.device, generator, seed, offset)
+    u = _uniforms(batch, 2, x.device, generator, seed, offset)  # round 0's uniform, later rounds' seed
     samples, valid = _sample(x, u, indices, k_arr, k_val, p_arr, p_val, m_arr, m_val, k_mode, p_mode, m_mode,
                              joint, is_logits)
     return (samples, valid) if return_valid else samples

@@ -19,15 +19,21 @@ zero weight or outside the kept set can never be returned.
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
 from . import AotConfig, ptr
 
-# vocab size -> (BLOCK, SEARCH_BLOCK, PIVOTS, num_warps). One entry today: the search tile is
-# SEARCH_BLOCK x PIVOTS = 8192 elements. Every entry is enumerated by aot_configs().
+# Software-pipelining depth of the streaming loops (tl.range num_stages): a program streams a whole
+# row by itself, so without loads in flight ahead of the compute one row pass is latency-bound.
+STREAM_STAGES = tl.constexpr(int(os.environ.get("FLASHINFER_TRITON_SAMPLING_STAGES", "3")))
+
+# vocab size -> (BLOCK, SEARCH_BLOCK, PIVOTS, num_warps), swept by benchmarks/tune_sampling.py on the H100
+# (one program streams a row, so wide blocks and 16 warps win at every batch size). Every entry is enumerated by aot_configs().
 SAMPLING_TABLE = {
-    1 << 62: (1024, 256, 32, 8),
+    1 << 62: (8192, 2048, 4, 16),
 }
 
 
@@ -75,13 +81,13 @@ def _weight(x, m, IS_LOGITS: tl.constexpr):
 @triton.jit
 def _row_stats(p_row, n, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
     """One pass: (min key, max key, max value, total weight). For logits the total is the online
-    softmax denominator relative to the max."""
+    softmax denominator relative to the max. Per-lane accumulators, reduced once at the end."""
     o_b = tl.arange(0, BLOCK)
     b_kmin = tl.full([BLOCK], 0x7FFFFFFF, tl.int32)
     b_kmax = tl.full([BLOCK], -0x7FFFFFFF, tl.int32)
-    m = float("-inf")
-    s = 0.0
-    for start in range(0, n, BLOCK):
+    b_m = tl.full([BLOCK], float("-inf"), tl.float32)
+    b_s = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in tl.range(0, n, BLOCK, num_stages=STREAM_STAGES):
         o = start + o_b
         m_o = o < n
         b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
@@ -90,13 +96,19 @@ def _row_stats(p_row, n, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
         b_kmin = tl.minimum(b_kmin, tl.where(m_o, b_k, 0x7FFFFFFF))
         b_kmax = tl.maximum(b_kmax, tl.where(m_o, b_k, -0x7FFFFFFF))
         if IS_LOGITS:
-            m_new = tl.maximum(m, tl.reduce(b_x, 0, _MAX))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            s = s * tl.exp(m - m_safe) + tl.reduce(tl.exp(b_x - m_safe), 0, _SUM)
-            m = m_new
+            b_m_new = tl.maximum(b_m, b_x)
+            b_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+            b_s = b_s * tl.exp(b_m - b_safe) + tl.exp(b_x - b_safe)
+            b_m = b_m_new
         else:
-            m = tl.maximum(m, tl.reduce(b_x, 0, _MAX))
-            s += tl.reduce(tl.maximum(b_x, 0.0), 0, _SUM)
+            b_m = tl.maximum(b_m, b_x)
+            b_s += tl.maximum(b_x, 0.0)
+    m = tl.reduce(b_m, 0, _MAX)
+    if IS_LOGITS:
+        m_safe = tl.where(m == float("-inf"), 0.0, m)
+        s = tl.reduce(b_s * tl.exp(b_m - m_safe), 0, _SUM)
+    else:
+        s = tl.reduce(b_s, 0, _SUM)
     return tl.reduce(b_kmin, 0, _MIN).to(tl.int64), tl.reduce(b_kmax, 0, _MAX).to(tl.int64), m, s
 
 
@@ -153,7 +165,7 @@ def _mass_above(p_row, n, thr, m, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
     """Total weight of the elements with key >= thr."""
     o_b = tl.arange(0, BLOCK)
     b_s = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, n, BLOCK):
+    for start in tl.range(0, n, BLOCK, num_stages=STREAM_STAGES):
         o = start + o_b
         m_o = o < n
         b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
@@ -170,7 +182,7 @@ def _mass_above(p_row, n, thr, m, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
 @triton.jit
 def _pick(p_row, n, thr, m, target, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
     """First index with key >= thr and positive weight whose inclusive prefix weight exceeds
-    target; the last such index if rounding leaves none; 0 for a row without positive weight."""
+    target; the last such index if rounding leaves none; -1 for a row without positive weight."""
     o_b = tl.arange(0, BLOCK)
     run = 0.0
     found = -1
@@ -195,8 +207,36 @@ def _pick(p_row, n, thr, m, target, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr
         last = tl.maximum(last, tl.reduce(tl.where(b_keep, o, -1), 0, _MAX))
         run += tl.reduce(b_w, 0, _SUM)
         start += BLOCK
-    res = tl.where(found >= 0, found, last)
-    return tl.maximum(res, 0)
+    return tl.where(found >= 0, found, last)
+
+
+@triton.jit
+def _weights_above(p_row, n, t0, t1, m, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
+    """One pass: (count, weight) of the elements with key > t0 and with key > t1. Per-lane
+    accumulators, reduced once at the end (no cross-warp reduction inside the loop)."""
+    o_b = tl.arange(0, BLOCK)
+    b_c0 = tl.zeros([BLOCK], dtype=tl.int32)
+    b_c1 = tl.zeros([BLOCK], dtype=tl.int32)
+    b_w0 = tl.zeros([BLOCK], dtype=tl.float32)
+    b_w1 = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in tl.range(0, n, BLOCK, num_stages=STREAM_STAGES):
+        o = start + o_b
+        m_o = o < n
+        b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
+        b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
+        b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
+        if IS_LOGITS:  # _weight, inlined
+            b_w = tl.exp(b_x - m)
+        else:
+            b_w = tl.maximum(b_x, 0.0)
+        b_gt0 = m_o & (b_k > t0)
+        b_gt1 = m_o & (b_k > t1)
+        b_c0 += b_gt0.to(tl.int32)
+        b_c1 += b_gt1.to(tl.int32)
+        b_w0 += tl.where(b_gt0, b_w, 0.0)
+        b_w1 += tl.where(b_gt1, b_w, 0.0)
+    return (tl.reduce(b_c0, 0, _SUM), tl.reduce(b_w0, 0, _SUM),
+            tl.reduce(b_c1, 0, _SUM), tl.reduce(b_w1, 0, _SUM))
 
 
 @triton.jit(do_not_specialize=["n", "top_k_val", "top_p_val", "min_p_val", "k_mode", "p_mode", "minp_mode",
@@ -209,12 +249,21 @@ def sample_kernel(
     HAS_INDICES: tl.constexpr, IS_LOGITS: tl.constexpr,
     BLOCK: tl.constexpr, SEARCH_BLOCK: tl.constexpr, PIVOTS: tl.constexpr,
 ):
-    """out[i] = a sample from row ``indices[i]`` (or i) of x restricted to the kept set.
+    """out[i] = a sample from row ``indices[i]`` (or i) of x restricted to the kept set S.
 
-    ``*_mode``: 0 filter off, 1 scalar value, 2 per-output array. Kept set = {key >= thr} with thr
-    the largest of the top-k, top-p and min-p thresholds. Top-p targets: with top-k on and
-    ``joint == 0`` (FlashInfer's "top_k_first") top_p * (weight of the top-k set), searched inside
-    it; otherwise top_p * (total weight for logits, 1 for probs). valid[i] = kept weight > 0."""
+    ``*_mode``: 0 filter off, 1 scalar value, 2 per-output array. S = {key >= s*}: the top-k set
+    (``count(key > v) < k``), the top-p set (``weight(key > v) < top_p * base``, or 0), the min-p
+    set (``w >= min_p * max w``), intersected. base = total weight for logits, 1 for probs; with
+    top-k on and ``joint == 0`` (FlashInfer's "top_k_first") the top-k threshold is searched
+    exactly first and top-p is taken relative to the top-k mass. valid[i] = kept weight > 0.
+
+    Rejection with two pivots (FlashInfer's scheme, on order keys): sample j from the candidates
+    C = {key >= lo} (C always contains S), then one pass counts (weight, count) above key(j) and
+    above the midpoint pivot p1 of (key(j), hi]. j in S: done (a sample from C conditioned on S
+    is a sample from S). Otherwise every key <= key(j) is out, and p1 either moves lo past it or
+    becomes the new upper bound hi of s*; [lo, hi] halves per rejected round, so a row ends in
+    at most ~32 rounds and usually in 1-3. Round r > 0 draws its uniform with Philox from a seed
+    given per row (u[i, 1]), so a row's result depends only on its two uniforms."""
     top_p_val = tl.cast(top_p_val, tl.float32)
     min_p_val = tl.cast(min_p_val, tl.float32)
     pid = tl.program_id(0)
@@ -223,42 +272,69 @@ def sample_kernel(
     else:
         row = pid.to(tl.int64)
     p_row = p_x + row * stride_x
-    key_lo, key_hi, m, total = _row_stats(p_row, n, IS_LOGITS, BLOCK)
-    thr = key_lo
     k = top_k_val
     if k_mode == 2:
         k = tl.load(p_topk + pid)
     k_on = (k_mode != 0) & (k > 0) & (k < n)
-    if k_on:
-        thr = _search(p_row, n, key_lo, key_hi, k, m, True, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
-    if p_mode != 0:
-        tp = top_p_val
-        if p_mode == 2:
-            tp = tl.load(p_topp + pid).to(tl.float32)
-        if tp < 1.0:
-            lo_p = key_lo
-            base = tl.where(IS_LOGITS, total, 1.0)
-            if (k_mode != 0) & (joint == 0):
-                # "top_k_first": top-p over the renormalized top-k set (all of the row if k >= n)
-                lo_p = thr
-                base = total
-                if k_on:
-                    base = _mass_above(p_row, n, thr, m, IS_LOGITS, BLOCK)
-            thr_p = _search(p_row, n, lo_p, key_hi, tp * base, m, False, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
-            thr = tl.maximum(thr, thr_p)
+    tp = top_p_val
+    if p_mode == 2:
+        tp = tl.load(p_topp + pid).to(tl.float32)
+    p_on = (p_mode != 0) & (tp < 1.0)
+    k_first = k_on & p_on & (joint == 0)
+    # Probabilities are taken as normalized (FlashInfer's contract): no statistics pass unless the
+    # max (min-p) or the exact key range (top_k_first's threshold search) is needed.
+    key_lo = tl.full([], -0x7FFFFFFF - 1, tl.int64)
+    key_hi = tl.full([], 0x7F800000, tl.int64)  # key of +inf
+    m = tl.full([], 0.0, tl.float32)
+    total = tl.full([], 1.0, tl.float32)
+    if IS_LOGITS | (minp_mode != 0) | k_first:
+        key_lo, key_hi, m, total = _row_stats(p_row, n, IS_LOGITS, BLOCK)
+    target = tp * tl.where(IS_LOGITS, total, 1.0)
+    lo = key_lo
+    if k_first:
+        # "top_k_first": top-p over the renormalized top-k set, so the top-k mass is needed first
+        lo = _search(p_row, n, key_lo, key_hi, k, m, True, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
+        target = tp * _mass_above(p_row, n, lo, m, IS_LOGITS, BLOCK)
+    k_on = k_on & (k_first == 0)
     if minp_mode != 0:
         mp = min_p_val
         if minp_mode == 2:
             mp = tl.load(p_minp + pid).to(tl.float32)
-        thr = tl.maximum(thr, _order_key(mp * _weight(m, m, IS_LOGITS)).to(tl.int64))
-    if thr == key_lo:
-        kept = total
+        lo = tl.maximum(lo, _order_key(mp * _weight(m, m, IS_LOGITS)).to(tl.int64))
+    if lo == key_lo:
+        mass = total
     else:
-        kept = _mass_above(p_row, n, thr, m, IS_LOGITS, BLOCK)
-    u = tl.load(p_u + pid).to(tl.float32)
-    res = _pick(p_row, n, thr, m, u * kept, IS_LOGITS, BLOCK)
-    tl.store(p_out + pid, res.to(p_out.dtype.element_ty))
-    tl.store(p_valid + pid, kept > 0.0)
+        mass = _mass_above(p_row, n, lo, m, IS_LOGITS, BLOCK)
+    u = tl.load(p_u + pid * 2).to(tl.float32)
+    seed = tl.load(p_u + pid * 2 + 1).to(tl.int32, bitcast=True)
+    res = _pick(p_row, n, lo, m, u * mass, IS_LOGITS, BLOCK)
+    valid = (res >= 0) & (mass > 0.0)
+    hi = key_hi
+    rnd = 0
+    done = ((valid == 0) | ((k_on == 0) & (p_on == 0))).to(tl.int32)
+    while done == 0:
+        xv = tl.load(p_row + res).to(tl.float32)
+        v = tl.where(xv == 0.0, 0.0, xv).to(tl.int32, bitcast=True)
+        v = tl.where(v < 0, v ^ 0x7FFFFFFF, v).to(tl.int64)  # _order_key, inlined
+        p1 = v + 1 + ((hi - v - 1) >> 1)  # hi > v whenever v is out (v < s* <= hi)
+        c0, w0, c1, w1 = _weights_above(p_row, n, v, p1, m, IS_LOGITS, BLOCK)
+        out0 = (k_on & (c0 >= k)) | (p_on & (w0 >= target) & (w0 > 0.0))
+        if out0:
+            out1 = (k_on & (c1 >= k)) | (p_on & (w1 >= target) & (w1 > 0.0))
+            if out1:
+                lo = p1 + 1
+                mass = w1
+            else:
+                lo = v + 1
+                hi = p1
+                mass = w0
+            rnd += 1
+            u = tl.rand(seed, rnd)
+            res = _pick(p_row, n, lo, m, u * mass, IS_LOGITS, BLOCK)
+        else:
+            done = 1
+    tl.store(p_out + pid, tl.maximum(res, 0).to(p_out.dtype.element_ty))
+    tl.store(p_valid + pid, valid)
 
 
 @triton.jit(do_not_specialize=["n", "top_k_val", "top_p_val", "k_mode", "p_mode"])
