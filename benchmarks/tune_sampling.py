@@ -7,6 +7,7 @@ to pick SAMPLING_TABLE in kernels/sampling.py. Prints microseconds per configura
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import sys
@@ -21,6 +22,14 @@ VOCAB = 128256
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--blocks", default="1024,2048,4096,8192")
+    ap.add_argument("--warps", default="4,8,16")
+    ap.add_argument("--no-renorm", action="store_true")
+    args = ap.parse_args()
+    blocks = [int(b) for b in args.blocks.split(",")]
+    warps_list = [int(w) for w in args.warps.split(",")]
+    print(f"STREAM_STAGES = {K.STREAM_STAGES}")
     torch.manual_seed(0)
     for batch in (1, 64, 512):
         probs = torch.softmax(torch.randn(batch, VOCAB, device="cuda") * 3, -1)
@@ -31,7 +40,7 @@ def main():
         valid = torch.empty(batch, dtype=torch.bool, device="cuda")
         for (name, k, p), block, warps in itertools.product(
                 (("top_k=10", 10, 1.0), ("top_k=1000", 1000, 1.0), ("top_p=0.5", 0, 0.5), ("top_p=0.9", 0, 0.9)),
-                (1024, 2048, 4096, 8192), (4, 8, 16)):
+                blocks, warps_list):
             def run():
                 K.sample_kernel[(batch,)](probs, dummy_i, dummy_i, dummy_f, dummy_f, u, out, valid, probs.stride(0),
                                           VOCAB, k, p, 0.0, 1 if k else 0, 1 if p < 1 else 0, 0, 1,
@@ -42,6 +51,8 @@ def main():
                 print(f"sample batch {batch:4d} {name:11s} BLOCK {block:5d} warps {warps:2d}: {us:9.1f} us", flush=True)
             except Exception as exc:  # noqa: BLE001
                 print(f"sample batch {batch} {name} BLOCK {block} warps {warps}: failed {type(exc).__name__}: {exc}"[:200])
+        if args.no_renorm:
+            continue
         ren = torch.empty_like(probs)
         for (sb, piv), warps in itertools.product(((256, 32), (512, 16), (1024, 8), (2048, 4)), (8, 16)):
             def run():

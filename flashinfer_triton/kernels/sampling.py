@@ -28,12 +28,13 @@ from . import AotConfig, ptr
 
 # Software-pipelining depth of the streaming loops (tl.range num_stages): a program streams a whole
 # row by itself, so without loads in flight ahead of the compute one row pass is latency-bound.
-STREAM_STAGES = tl.constexpr(int(os.environ.get("FLASHINFER_TRITON_SAMPLING_STAGES", "3")))
+# Measured on the H100 (benchmarks/tune_sampling.py): 1 (no pipelining) is fastest; 2-4 cost 10-30%.
+STREAM_STAGES = tl.constexpr(int(os.environ.get("FLASHINFER_TRITON_SAMPLING_STAGES", "1")))
 
 # vocab size -> (BLOCK, SEARCH_BLOCK, PIVOTS, num_warps), swept by benchmarks/tune_sampling.py on the H100
-# (one program streams a row, so wide blocks and 16 warps win at every batch size). Every entry is enumerated by aot_configs().
+# (one program streams a row, so wide blocks and 32 warps win at every batch size). Every entry is enumerated by aot_configs().
 SAMPLING_TABLE = {
-    1 << 62: (8192, 2048, 4, 16),
+    1 << 62: (8192, 2048, 4, 32),
 }
 
 
@@ -180,34 +181,50 @@ def _mass_above(p_row, n, thr, m, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _kept_weights(p_row, start, n, thr, m, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
+    """(offsets, weights) of one block, weight 0 outside the kept set {key >= thr}."""
+    o = start + tl.arange(0, BLOCK)
+    m_o = o < n
+    b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
+    b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
+    b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
+    if IS_LOGITS:  # _weight, inlined
+        b_w = tl.exp(b_x - m)
+    else:
+        b_w = tl.maximum(b_x, 0.0)
+    return o, tl.where(m_o & (b_k >= thr) & (b_w > 0.0), b_w, 0.0)
+
+
+@triton.jit
 def _pick(p_row, n, thr, m, target, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
     """First index with key >= thr and positive weight whose inclusive prefix weight exceeds
-    target; the last such index if rounding leaves none; -1 for a row without positive weight."""
-    o_b = tl.arange(0, BLOCK)
+    target; the last such index if rounding leaves none; -1 for a row without positive weight.
+
+    Two levels: block sums (one reduction per block) find the block where the running weight
+    passes target, and only that block is prefix-scanned (a scan costs several reductions)."""
     run = 0.0
-    found = -1
-    last = -1
+    hit = -1  # start of the block where the running weight passes target
+    hit_run = 0.0
+    last = -1  # start of the last block with positive weight, in case rounding passes none
+    last_run = 0.0
     start = 0
-    while (start < n) & (found < 0):
-        o = start + o_b
-        m_o = o < n
-        b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
-        b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
-        b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
-        if IS_LOGITS:  # _weight, inlined
-            b_w = tl.exp(b_x - m)
-        else:
-            b_w = tl.maximum(b_x, 0.0)
-        b_keep = m_o & (b_k >= thr) & (b_w > 0.0)
-        b_w = tl.where(b_keep, b_w, 0.0)
-        b_c = tl.associative_scan(b_w, 0, _SUM) + run
-        b_hit = b_keep & (b_c > target)
-        first = tl.reduce(tl.where(b_hit, o, 0x7FFFFFFF), 0, _MIN)
-        found = tl.where(first < 0x7FFFFFFF, first, -1)
-        last = tl.maximum(last, tl.reduce(tl.where(b_keep, o, -1), 0, _MAX))
-        run += tl.reduce(b_w, 0, _SUM)
+    while (start < n) & (hit < 0):
+        o, b_w = _kept_weights(p_row, start, n, thr, m, IS_LOGITS, BLOCK)
+        s = tl.reduce(b_w, 0, _SUM)
+        hit = tl.where(run + s > target, start, -1)
+        hit_run = tl.where(run + s > target, run, hit_run)
+        last = tl.where(s > 0.0, start, last)
+        last_run = tl.where(s > 0.0, run, last_run)
+        run += s
         start += BLOCK
-    return tl.where(found >= 0, found, last)
+    blk = tl.where(hit >= 0, hit, last)
+    res = -1
+    if blk >= 0:
+        o, b_w = _kept_weights(p_row, blk, n, thr, m, IS_LOGITS, BLOCK)
+        b_c = tl.associative_scan(b_w, 0, _SUM) + tl.where(hit >= 0, hit_run, last_run)
+        first = tl.reduce(tl.where((b_w > 0.0) & (b_c > target), o, 0x7FFFFFFF), 0, _MIN)
+        res = tl.where(first < 0x7FFFFFFF, first, tl.reduce(tl.where(b_w > 0.0, o, -1), 0, _MAX))
+    return res
 
 
 @triton.jit
@@ -281,14 +298,9 @@ def sample_kernel(
         tp = tl.load(p_topp + pid).to(tl.float32)
     p_on = (p_mode != 0) & (tp < 1.0)
     k_first = k_on & p_on & (joint == 0)
-    # Probabilities are taken as normalized (FlashInfer's contract): no statistics pass unless the
-    # max (min-p) or the exact key range (top_k_first's threshold search) is needed.
-    key_lo = tl.full([], -0x7FFFFFFF - 1, tl.int64)
-    key_hi = tl.full([], 0x7F800000, tl.int64)  # key of +inf
-    m = tl.full([], 0.0, tl.float32)
-    total = tl.full([], 1.0, tl.float32)
-    if IS_LOGITS | (minp_mode != 0) | k_first:
-        key_lo, key_hi, m, total = _row_stats(p_row, n, IS_LOGITS, BLOCK)
+    # One statistics pass: the exact total (unnormalized rows sample correctly) and the max key,
+    # the first upper bound of the threshold (measured: cheaper than the extra rounds without it).
+    key_lo, key_hi, m, total = _row_stats(p_row, n, IS_LOGITS, BLOCK)
     target = tp * tl.where(IS_LOGITS, total, 1.0)
     lo = key_lo
     if k_first:
