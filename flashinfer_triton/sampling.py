@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+_IS_HIP = torch.version.hip is not None  # AMD: 64-lane wavefronts, so fewer warps a block
 _DUMMIES = {}
 
 
@@ -70,7 +71,7 @@ def _launch_sample(x, uniforms, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_
     valid = torch.empty(batch, dtype=torch.bool, device=dev)
     if batch == 0:
         return samples, valid
-    block, sblock, piv, warps = K.sampling_config(x.shape[1])
+    block, sblock, piv, warps = K.sampling_config(x.shape[1], _IS_HIP)
     K.sample_kernel[(batch,)](
         x, indices if indices is not None else _dummy(dev, torch.int32),
         k_arr if k_arr is not None else _dummy(dev, torch.int32),
@@ -105,7 +106,7 @@ def _launch_filter(x, k_arr, k_val, p_arr, p_val, k_mode, p_mode, mode):
     out = torch.empty_like(x)
     if x.shape[0] == 0:
         return out
-    block, sblock, piv, warps = K.sampling_config(x.shape[1])
+    block, sblock, piv, warps = K.sampling_config(x.shape[1], _IS_HIP)
     K.filter_kernel[(x.shape[0],)](
         x, out, k_arr if k_arr is not None else _dummy(dev, torch.int32),
         p_arr if p_arr is not None else _dummy(dev, torch.float32),
@@ -130,7 +131,7 @@ def _launch_softmax(logits, t_arr, t_val, t_mode):
     out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
     if logits.shape[0] == 0:
         return out
-    block, _, _, warps = K.sampling_config(logits.shape[1])
+    block, _, _, warps = K.sampling_config(logits.shape[1], _IS_HIP)
     K.softmax_kernel[(logits.shape[0],)](
         logits, out, t_arr if t_arr is not None else _dummy(logits.device, torch.float32),
         logits.stride(0), out.stride(0), logits.shape[1], float(t_val), t_mode, BLOCK=block, num_warps=warps,
@@ -153,7 +154,7 @@ def _launch_chain(draft_probs, draft_ids, target_probs, uniforms, acc, emit):
     out = torch.empty((b, n_spec + 1), dtype=torch.int32, device=draft_probs.device)
     if b == 0:
         return out
-    block, _, _, warps = K.sampling_config(vocab)
+    block, _, _, warps = K.sampling_config(vocab, _IS_HIP)
     K.chain_speculative_kernel[(b,)](draft_probs, draft_ids, target_probs, uniforms, out, acc, emit, n_spec, vocab,
                                      BLOCK=block, num_warps=warps)
     return out

@@ -25,8 +25,11 @@ def _id(cfg):
 @pytest.mark.parametrize("target", list(TARGETS), ids=list(TARGETS))
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[_id(c) for c in CONFIGS])
 def test_compiles(cfg, target):
+    tgt = TARGETS[target]
+    warps = cfg.warps_for(tgt.backend)
+    assert warps * tgt.warp_size <= 1024, f"{_id(cfg)}: {warps} warps x {tgt.warp_size} lanes > 1024 threads a block"
     src = ASTSource(fn=cfg.kernel, signature=cfg.signature, constexprs=cfg.constexprs)
-    compiled = triton.compile(src, target=TARGETS[target], options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    compiled = triton.compile(src, target=tgt, options={"num_warps": warps, "num_stages": cfg.num_stages})
     binary = "cubin" if target == "cuda90" else "hsaco"
     assert compiled.asm.get(binary), f"no {binary} produced for {_id(cfg)}"
     # A kernel that needs more shared memory than the chip has would fail at launch, not here.

@@ -22,6 +22,10 @@ class AotConfig:
     num_warps: int = 4
     num_stages: int = 2
     name: str = field(default="")
+    hip_num_warps: int = 0  # warps on AMD (64-lane wavefronts, 1024 threads a block at most); 0: num_warps
+
+    def warps_for(self, backend: str) -> int:
+        return self.hip_num_warps if (backend == "hip" and self.hip_num_warps) else self.num_warps
 
 
 TORCH_TO_TRITON = {

@@ -38,11 +38,16 @@ SAMPLING_TABLE = {
 }
 
 
-def sampling_config(vocab_size: int):
+def hip_warps(num_warps: int) -> int:
+    """AMD wavefronts have 64 lanes and a block at most 1024 threads: 16 warps at most."""
+    return min(num_warps, 16)
+
+
+def sampling_config(vocab_size: int, is_hip: bool = False):
     """(BLOCK, SEARCH_BLOCK, PIVOTS, num_warps) for a vocabulary size; every result is in ``aot_configs()``."""
-    for limit, cfg in SAMPLING_TABLE.items():
+    for limit, (block, sblock, piv, warps) in SAMPLING_TABLE.items():
         if vocab_size <= limit:
-            return cfg
+            return block, sblock, piv, hip_warps(warps) if is_hip else warps
     raise ValueError(f"vocabulary size {vocab_size} is too large")
 
 
@@ -537,7 +542,7 @@ def aot_configs():
                            minp_mode="i32", joint="i32", HAS_INDICES="constexpr", IS_LOGITS="constexpr",
                            BLOCK="constexpr", SEARCH_BLOCK="constexpr", PIVOTS="constexpr")
                 cfgs.append(AotConfig(sample_kernel, sig, dict(HAS_INDICES=has_idx, IS_LOGITS=is_logits, **c),
-                                      num_warps=warps,
+                                      num_warps=warps, hip_num_warps=hip_warps(warps),
                                       name=f"sampling_sample_{'logits' if is_logits else 'probs'}_{xdt}_{idt if has_idx else 'noidx'}_{block}"))
         for mode, dts in ((MODE_TOP_K_RENORM, (torch.float32, torch.float16, torch.bfloat16)),
                           (MODE_TOP_P_RENORM, (torch.float32,)),
@@ -547,16 +552,16 @@ def aot_configs():
                            stride_o="i64", n="i32", top_k_val="i32", top_p_val="fp32", k_mode="i32",
                            p_mode="i32", MODE="constexpr", BLOCK="constexpr", SEARCH_BLOCK="constexpr",
                            PIVOTS="constexpr")
-                cfgs.append(AotConfig(filter_kernel, sig, dict(MODE=mode, **c), num_warps=warps,
+                cfgs.append(AotConfig(filter_kernel, sig, dict(MODE=mode, **c), num_warps=warps, hip_num_warps=hip_warps(warps),
                                       name=f"sampling_filter_mode{mode}_{dt}_{block}"))
         for dt in (torch.float32, torch.float16, torch.bfloat16):
             sig = _sig(p_x=ptr(dt), p_out="*fp32", p_temp="*fp32", stride_x="i64", stride_o="i64", n="i32",
                        temp_val="fp32", temp_mode="i32", BLOCK="constexpr")
-            cfgs.append(AotConfig(softmax_kernel, sig, dict(BLOCK=block), num_warps=warps,
+            cfgs.append(AotConfig(softmax_kernel, sig, dict(BLOCK=block), num_warps=warps, hip_num_warps=hip_warps(warps),
                                   name=f"sampling_softmax_{dt}_{block}"))
         sig = _sig(p_draft="*fp32", p_ids="*i32", p_target="*fp32", p_u="*fp32", p_out="*i32", p_acc="*i32",
                    p_emit="*i32", num_spec="i32", n="i32", BLOCK="constexpr")
-        cfgs.append(AotConfig(chain_speculative_kernel, sig, dict(BLOCK=block), num_warps=warps,
+        cfgs.append(AotConfig(chain_speculative_kernel, sig, dict(BLOCK=block), num_warps=warps, hip_num_warps=hip_warps(warps),
                               name=f"sampling_chain_speculative_{block}"))
     for seed_arr in (False, True):
         for off_arr in (False, True):
