@@ -73,7 +73,7 @@ def _check_backend(backend: str) -> None:
 
 def _make_params(num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, paged, causal, has_mask, pos_encoding_mode,
                  use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta,
-                 max_qo_len) -> AttentionParams:
+                 max_qo_len, total_qo_len=None) -> AttentionParams:
     """Validate the options of a prefill problem and pick the kernel configuration for it."""
     for name, value in (("num_qo_heads", num_qo_heads), ("num_kv_heads", num_kv_heads), ("head_dim_qk", head_dim_qk),
                         ("head_dim_vo", head_dim_vo)):
@@ -96,7 +96,8 @@ def _make_params(num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, paged, ca
         raise ValueError(f"rope_theta: expected a positive value, got {rope_theta}")
     pos_enc = pos_encoding_code(pos_encoding_mode)
     group = num_qo_heads // num_kv_heads
-    block_m, block_n, warps, stages = prefill_block_config(group, max(head_dim_qk, head_dim_vo), max(int(max_qo_len), 1))
+    block_m, block_n, warps, stages = prefill_block_config(group, max(head_dim_qk, head_dim_vo), max(int(max_qo_len), 1),
+                                                          total_qo_len)
     stages = variant_stages(stages, has_mask, pos_enc)
     if group > block_m:
         raise NotImplementedError(f"num_qo_heads / num_kv_heads = {group}: GQA groups above {block_m} are not supported "
@@ -330,6 +331,7 @@ class _BatchPrefillBase:
             raise ValueError("qo_indptr: expected a non-decreasing CSR offset array starting at 0")
         total_rows = int(qo_indptr_h[-1])
         max_qo_len = int(qo_len_h.max(initial=0))
+        total_qo_len = total_rows
 
         if self._use_cuda_graph:
             # FlashInfer's rule: the first plan fixes the largest total query count the graph serves.
@@ -338,14 +340,14 @@ class _BatchPrefillBase:
             elif total_rows > self._max_total_num_rows:
                 raise ValueError(f"qo_indptr: {total_rows} query rows exceed the {self._max_total_num_rows} that the "
                                  f"first plan() of this CUDA-graph wrapper fixed")
-            max_qo_len = max(self._max_total_num_rows, 1)  # block shape fixed for every later plan
+            max_qo_len = total_qo_len = max(self._max_total_num_rows, 1)  # block shape fixed for every later plan
         if fixed_split_size is not None and fixed_split_size > 0:
             # Batch-invariant results need a block shape that does not depend on the rest of the batch.
-            max_qo_len = _BATCH_INVARIANT_QO_LEN
+            max_qo_len = total_qo_len = _BATCH_INVARIANT_QO_LEN
         has_mask = custom_mask is not None or packed_custom_mask is not None
         params = _make_params(num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, self._paged, causal, has_mask,
                               pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale,
-                              rope_scale, rope_theta, max_qo_len)
+                              rope_scale, rope_theta, max_qo_len, total_qo_len)
         mask, mask_indptr_h = _prepare_mask(custom_mask, packed_custom_mask, qo_len_h, kv_len_h, self.device)
 
         num_cus = num_compute_units(self.device.index or 0) if self.device.type == "cuda" else num_compute_units()

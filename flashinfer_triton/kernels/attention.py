@@ -9,6 +9,8 @@ table, and writes either the final output (request not split) or a float32 parti
 ``sm_scale * log2(e)`` and the LSE written is ``log2(sum(2^(s * log2 e)))`` over scaled logits s.
 """
 
+from typing import Optional
+
 import triton
 import triton.language as tl
 
@@ -309,18 +311,23 @@ def decode_block_config(group: int, head_dim: int):
     return block_m, block_n, 4, 2
 
 
-def prefill_block_config(group: int, head_dim: int, max_qo_len: int):
+def prefill_block_config(group: int, head_dim: int, max_qo_len: int, total_qo_len: Optional[int] = None):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for query tiles of BLOCK_M // group rows. Chosen by
-    benchmarks/tune_prefill.py on an H100 (causal, 32/8 heads, bf16): D=128 peaked at 128/128/8 warps/
-    3 stages (361 TFLOP/s at 4k, 460 at 16k), D=64 at 64/64/4/3, D=256 at 128/64/8/2 (three
-    stages would need 256 KB of shared memory)."""
+    benchmarks/tune_prefill.py on an H100 (causal, 32/8 heads, bf16). D=128: 128/128/8 warps/3
+    stages for requests longer than 8k (484 TFLOP/s at 16k); 128/32/4/3 for many query rows in
+    requests up to 8k (8x2048: 382 vs 343, 16x512: 231 vs 191); 64/64/4/3 for few rows (1x1024:
+    178, 1x4096: 400, more tiles for the SMs). D=64: 64/64/4/3; D=256: 128/64/8/2 (three stages
+    would need 256 KB of shared memory). ``total_qo_len`` (all requests' query rows) defaults to
+    ``max_qo_len``."""
     if max_qo_len * group <= 16:
         return decode_block_config(group, head_dim)
     if head_dim <= 64:
         return 64, 64, 4, 3
     if head_dim <= 128:
-        # Short query tiles of short requests: a shorter pipeline wastes less in prologue/epilogue.
-        return (128, 128, 8, 3) if max_qo_len > 1024 else (128, 64, 8, 2)
+        if max_qo_len > 8192:
+            return 128, 128, 8, 3
+        total = max_qo_len if total_qo_len is None else total_qo_len
+        return (128, 32, 4, 3) if total >= 8192 else (64, 64, 4, 3)
     return 128, 64, 8, 2
 
 
@@ -384,10 +391,11 @@ def aot_configs():
             for kind, (bm, bn, warps, stages) in (
                 ("decode", decode_block_config(group, head_dim)),
                 ("prefill", prefill_block_config(group, head_dim, 1 << 20)),
+                ("prefillmid", prefill_block_config(group, head_dim, 2048, 1 << 20)),
                 ("prefillshort", prefill_block_config(group, head_dim, 1024)),
             ):
-                if kind == "prefillshort" and head_dim > 128:
-                    continue  # same block shape as "decode"
+                if kind != "prefill" and head_dim not in (96, 128):
+                    continue  # one prefill block shape for these head dims
                 cx = attention_constexprs(group, bm, bn, head_dim, head_dim, True, kind.startswith("prefill"),
                                           False, False, 0, False, True)
                 configs.append(AotConfig(attention_fwd_kernel, _attention_signature(bf16, bf16, bf16), cx,
@@ -404,9 +412,11 @@ def aot_configs():
     for dtype in (bf16,):
         for variant in ("window", "softcap", "rope", "alibi", "mask"):
             for kind, (bm, bn, warps, stages) in (("decode", decode_block_config(4, 128)),
-                                                  ("prefill", prefill_block_config(4, 128, 1 << 20))):
+                                                  ("prefill", prefill_block_config(4, 128, 1 << 20)),
+                                                  ("prefillmid", prefill_block_config(4, 128, 2048, 1 << 20)),
+                                                  ("prefillshort", prefill_block_config(4, 128, 1024))):
                 pos_enc = {"rope": 1, "alibi": 2}.get(variant, 0)
-                cx = attention_constexprs(4, bm, bn, 128, 128, True, kind == "prefill", variant == "window",
+                cx = attention_constexprs(4, bm, bn, 128, 128, True, kind.startswith("prefill"), variant == "window",
                                           variant == "softcap", pos_enc, variant == "mask", True)
                 configs.append(AotConfig(attention_fwd_kernel, _attention_signature(dtype, dtype, dtype), cx,
                                          warps, variant_stages(stages, variant == "mask", pos_enc),
@@ -417,10 +427,14 @@ def aot_configs():
             ("shortq_causal_paged", 4, 128, 128, 1, True, True, False),
             ("shortq_causal_ragged", 4, 128, 128, 1, False, True, False),
             ("noncausal_ragged", 4, 128, 128, 1 << 20, False, False, False),
+            ("noncausal_ragged_mid", 4, 128, 128, 2048, False, False, False),
             ("mask_ragged", 4, 128, 128, 1 << 20, False, False, True),
+            ("mask_ragged_mid", 4, 128, 128, 2048, False, False, True),
+            ("mask_ragged_short", 4, 128, 128, 1024, False, False, True),
             ("d192_vo128_ragged", 1, 192, 128, 1 << 20, False, True, False),
         ):
-            bm, bn, warps, stages = prefill_block_config(group, max(hd, hd_vo), qo_len)
+            bm, bn, warps, stages = prefill_block_config(group, max(hd, hd_vo), qo_len,
+                                                         (1 << 20) if name.endswith("_mid") else None)
             cx = attention_constexprs(group, bm, bn, hd, hd_vo, paged, causal, False, False, 0, mask, True)
             configs.append(AotConfig(attention_fwd_kernel, _attention_signature(dtype, dtype, dtype), cx, warps,
                                      variant_stages(stages, mask, 0), f"attn_prefill_{name}_{dtype}"))
