@@ -1,12 +1,14 @@
 """FlashInfer's sampling API (``flashinfer.sampling``) on Triton kernels.
 
 Every operator works on one row per program and streams the vocabulary (up to 256k and more) in
-blocks; there is no sort anywhere. Top-k, top-p and min-p thresholds are exact order statistics
-found by a multi-pivot bisection on the value (see ``kernels/sampling.py``), and sampling is
-inverse-CDF over the kept set with one uniform number per output row. The kept set of every filter
-is ``{x >= threshold}``: ties at the threshold are all kept, as in FlashInfer.
+blocks; there is no sort anywhere. The samplers are rejection samplers with two pivots (FlashInfer's
+scheme): inverse-CDF draws from a shrinking candidate set, each checked for membership of the
+top-k / top-p / min-p set with one counting pass (see ``kernels/sampling.py``). The renorm and mask
+filters find exact thresholds (order statistics) by a multi-pivot bisection on the value. The kept
+set of every filter is ``{x >= threshold}``: ties at the threshold are all kept, as in FlashInfer.
 
-Randomness: the uniforms are drawn with ``torch.rand(..., generator=generator)`` on the device
+Randomness: two uniforms per output row (the first draw, and the seed of later rounds' Philox
+draws) come from ``torch.rand(..., generator=generator)`` on the device
 (no host sync), so the same generator state gives the same samples. With explicit ``seed`` and
 ``offset`` (ints or int64 tensors of length 1 or batch_size, the CUDA-graph friendly form), they
 come from a Philox kernel instead. The exact random streams differ from FlashInfer's, the
@@ -341,12 +343,12 @@ _COMMON_DOC = """
     deterministic: bool
         Accepted for compatibility; the kernels are always deterministic.
     generator: Optional[torch.Generator]
-        Generator on the device of the input for the one uniform per output row.
+        Generator on the device of the input for the two uniforms per output row.
     check_nan: bool
         Raise ``ValueError`` if the input holds a NaN (a host sync). Default ``False``.
     seed, offset: Optional[int or torch.Tensor]
         Both or neither. Ints, or int64 tensors of shape ``[1]`` or ``[batch_size]`` (CUDA-graph
-        safe): the uniforms then come from Philox(seed, offset + row) instead of ``generator``.
+        safe): the uniforms then come from Philox(seed, offset + 2 * row + j) instead of ``generator``.
 """
 
 

@@ -2,19 +2,15 @@
 sampling and chain speculative sampling. One program per output row; the vocabulary is streamed in
 blocks of ``BLOCK``, so any vocabulary size (256k and more) works with a fixed register footprint.
 
-No sort. Thresholds are exact order statistics found by a multi-pivot bisection on an
-order-preserving integer key of the float32 value (``_order_key``): each pass over the row
-evaluates ``PIVOTS`` candidate keys at once (a ``[SEARCH_BLOCK, PIVOTS]`` compare per block) and
-keeps the largest key whose count (top-k) or weight (top-p) of ``{key >= t}`` still reaches the
-target, which narrows the key interval by a factor of ``PIVOTS + 1`` per pass: at most 7 passes for
-32-bit keys with 32 pivots. The kept set is ``{x >= threshold}``, so ties at the threshold are all
-kept (FlashInfer's pivot semantics).
-
-Sampling is inverse-CDF over the kept set with one uniform ``u`` per row drawn on the host side of
-the launch (a device tensor, no host sync): ``target = u * kept_mass``, then the first kept index
-with positive weight whose running block-wise prefix sum (``tl.cumsum``) exceeds ``target``; if
-float rounding leaves no such index, the last kept index with positive weight is used. A token of
-zero weight or outside the kept set can never be returned.
+No sort. Samplers (``sample_kernel``): a two-pivot rejection loop on an order-preserving integer
+key of the float32 value (``_order_key``), described in the kernel's docstring; each round is one
+inverse-CDF draw from the candidates (block sums, then one prefix scan of a single block) and one
+counting pass. Filters (``filter_kernel``) and the ``top_k_first`` sampler need exact thresholds:
+a multi-pivot bisection evaluates ``PIVOTS`` candidate keys per pass (a ``[SEARCH_BLOCK, PIVOTS]``
+compare per block) and keeps the largest key whose count (top-k) or weight (top-p) of
+``{key >= t}`` still reaches the target. The kept set is ``{x >= threshold}``, so ties at the
+threshold are all kept (FlashInfer's pivot semantics). A token of zero weight or outside the kept
+set can never be returned.
 """
 
 from __future__ import annotations
