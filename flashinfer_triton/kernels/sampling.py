@@ -163,25 +163,6 @@ def _search(p_row, n, lo, hi, target, m, COUNT: tl.constexpr, IS_LOGITS: tl.cons
 
 
 @triton.jit
-def _mass_above(p_row, n, thr, m, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
-    """Total weight of the elements with key >= thr."""
-    o_b = tl.arange(0, BLOCK)
-    b_s = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in tl.range(0, n, BLOCK, num_stages=STREAM_STAGES):
-        o = start + o_b
-        m_o = o < n
-        b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
-        b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
-        b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
-        if IS_LOGITS:  # _weight, inlined
-            b_w = tl.exp(b_x - m)
-        else:
-            b_w = tl.maximum(b_x, 0.0)
-        b_s += tl.where(m_o & (b_k >= thr), b_w, 0.0)
-    return tl.reduce(b_s, 0, _SUM)
-
-
-@triton.jit
 def _kept_weights(p_row, start, n, thr, m, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
     """(offsets, weights) of one block, weight 0 outside the kept set {key >= thr}."""
     o = start + tl.arange(0, BLOCK)
@@ -194,6 +175,16 @@ def _kept_weights(p_row, start, n, thr, m, IS_LOGITS: tl.constexpr, BLOCK: tl.co
     else:
         b_w = tl.maximum(b_x, 0.0)
     return o, tl.where(m_o & (b_k >= thr) & (b_w > 0.0), b_w, 0.0)
+
+
+@triton.jit
+def _mass_above(p_row, n, thr, m, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
+    """Total weight of the elements with key >= thr."""
+    b_s = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in tl.range(0, n, BLOCK, num_stages=STREAM_STAGES):
+        _, b_w = _kept_weights(p_row, start, n, thr, m, IS_LOGITS, BLOCK)
+        b_s += b_w
+    return tl.reduce(b_s, 0, _SUM)
 
 
 @triton.jit
