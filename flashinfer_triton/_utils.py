@@ -6,7 +6,6 @@ what was expected; unsupported FlashInfer options raise ``NotImplementedError`` 
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from typing import Iterable, Optional, Sequence, Union
@@ -85,29 +84,16 @@ def check_int32_index(name: str, t, numel: Optional[int] = None, device=None) ->
     return t
 
 
-def default_sm_scale(head_dim: int, sm_scale: Optional[float]) -> float:
-    return 1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale)
+def num_compute_units(device=None) -> int:
+    """Streaming multiprocessors (NVIDIA) or compute units (AMD) of ``device`` (an index, a
+    torch.device, or None for the current device); the interpreter's modelled count on the CPU."""
+    from .attention.device import device_info
 
-
-@functools.lru_cache(maxsize=None)
-def num_compute_units(device_index: int = 0) -> int:
-    """Streaming multiprocessors (NVIDIA) or compute units (AMD); 132 stands in on the CPU."""
-    if torch.cuda.is_available() and not interpreter_active():
-        return torch.cuda.get_device_properties(device_index).multi_processor_count
-    return 132
-
-
-def next_power_of_2(n: int) -> int:
-    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
-
-
-_POS_ENCODING_MODES = {"NONE": 0, "ROPE_LLAMA": 1, "ALIBI": 2}
-
-
-def pos_encoding_code(mode: str) -> int:
-    if mode not in _POS_ENCODING_MODES:
-        raise ValueError(f"pos_encoding_mode: expected one of {list(_POS_ENCODING_MODES)}, got {mode!r}")
-    return _POS_ENCODING_MODES[mode]
+    if device is None:
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    elif isinstance(device, int):
+        device = torch.device("cuda", device) if torch.cuda.is_available() else torch.device("cpu")
+    return device_info(device).compute_units
 
 
 def alibi_slopes(num_heads: int, device) -> torch.Tensor:

@@ -19,117 +19,15 @@ from typing import List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
-import triton
 
-from ._attention import check_layout, unpack_paged_kv_cache
-from ._utils import canonicalize_dtype, check_int32_index, check_tensor, interpreter_active, pos_encoding_code
+from ._utils import check_int32_index, check_tensor
+from .attention.kv import check_csr, check_layout, read_page_table, unpack_paged_kv_cache
+from .attention.merge import (check_s, check_v, launch_merge_state, launch_merge_states, last_contiguous, merge_into,
+                              merge_state_in_place_op, merge_state_new, merge_state_op, merge_states_op)
+from .attention.options import plan_dtypes, pos_encoding_code
+from .attention.workspace import Workspace
 from .decode import BatchDecodeWithPagedKVCacheWrapper
-from .kernels import merge as _km
 from .prefill import BatchPrefillWithPagedKVCacheWrapper, single_prefill_with_kv_cache
-
-_V_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# merge_state / merge_state_in_place / merge_states (self-contained: checks, launchers, ops)
-# ---------------------------------------------------------------------------------------------
-
-
-def _merge_check_v(name: str, v, ndim: int, device=None) -> torch.Tensor:
-    check_tensor(name, v, dtypes=_V_DTYPES, ndim=ndim, device=device)
-    if v.device.type == "cpu" and not interpreter_active():
-        raise ValueError(f"{name}: expected a CUDA/ROCm tensor, got one on cpu (set TRITON_INTERPRET=1 for the CPU interpreter)")
-    if _km.blocks(v.shape[-1]) is None:
-        raise NotImplementedError(f"{name}: head_dim={v.shape[-1]}; at most {_km.BLOCK_DS[-1]} is supported")
-    return v
-
-
-def _merge_check_s(name: str, s, shape, device, in_place: bool = False) -> torch.Tensor:
-    check_tensor(name, s, ndim=len(shape), device=device)
-    if list(s.shape) != list(shape):
-        raise ValueError(f"{name}: expected shape {list(shape)}, got {list(s.shape)}")
-    if s.dtype != torch.float32:
-        if in_place or not s.dtype.is_floating_point:
-            raise TypeError(f"{name}: expected dtype float32, got {str(s.dtype).replace('torch.', '')}")
-        s = s.float()
-    return s
-
-
-def _last_contiguous(v: torch.Tensor) -> torch.Tensor:
-    return v if v.stride(-1) == 1 or v.shape[-1] <= 1 else v.contiguous()
-
-
-def _launch_merge_state(v_a, s_a, v_b, s_b, v_out, s_out, mask) -> None:
-    seq_len, num_heads, head_dim = v_a.shape
-    if seq_len == 0 or num_heads == 0:
-        return
-    block_h, block_d = _km.blocks(head_dim)
-    grid = (seq_len, triton.cdiv(num_heads, block_h))
-    _km.merge_state_kernel[grid](
-        v_a, s_a, v_b, s_b, v_out, s_out, v_a if mask is None else mask,
-        num_heads, head_dim,
-        v_a.stride(0), v_a.stride(1), s_a.stride(0), s_a.stride(1),
-        v_b.stride(0), v_b.stride(1), s_b.stride(0), s_b.stride(1),
-        v_out.stride(0), v_out.stride(1), s_out.stride(0), s_out.stride(1),
-        HAS_MASK=mask is not None, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=_km.NUM_WARPS,
-    )
-
-
-def _merge_state_impl(v_a, s_a, v_b, s_b) -> Tuple[torch.Tensor, torch.Tensor]:
-    v_out = torch.empty(v_a.shape, dtype=v_a.dtype, device=v_a.device)
-    s_out = torch.empty(s_a.shape, dtype=torch.float32, device=v_a.device)
-    _launch_merge_state(v_a, s_a, v_b, s_b, v_out, s_out, None)
-    return v_out, s_out
-
-
-def _launch_merge_states(v, s) -> Tuple[torch.Tensor, torch.Tensor]:
-    seq_len, num_states, num_heads, head_dim = v.shape
-    v_out = torch.empty((seq_len, num_heads, head_dim), dtype=v.dtype, device=v.device)
-    s_out = torch.empty((seq_len, num_heads), dtype=torch.float32, device=v.device)
-    if seq_len == 0 or num_heads == 0:
-        return v_out, s_out
-    block_h, block_d = _km.blocks(head_dim)
-    grid = (seq_len, triton.cdiv(num_heads, block_h))
-    _km.merge_states_kernel[grid](
-        v, s, v_out, s_out, num_states, num_heads, head_dim,
-        v.stride(0), v.stride(1), v.stride(2), s.stride(0), s.stride(1), s.stride(2),
-        v_out.stride(0), v_out.stride(1), s_out.stride(0), s_out.stride(1),
-        BLOCK_H=block_h, BLOCK_D=block_d, num_warps=_km.NUM_WARPS,
-    )
-    return v_out, s_out
-
-
-@torch.library.custom_op("flashinfer_triton::merge_state", mutates_args=())
-def _merge_state_op(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _merge_state_impl(v_a, s_a, v_b, s_b)
-
-
-@_merge_state_op.register_fake
-def _(v_a, s_a, v_b, s_b):
-    return torch.empty_like(v_a, memory_format=torch.contiguous_format), s_a.new_empty(s_a.shape, dtype=torch.float32)
-
-
-@torch.library.custom_op("flashinfer_triton::merge_state_in_place", mutates_args=("v", "s"))
-def _merge_state_in_place_op(
-    v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor, s_other: torch.Tensor, mask: Optional[torch.Tensor]
-) -> None:
-    _launch_merge_state(v, s, v_other, s_other, v, s, None if mask is None else mask.view(torch.uint8))
-
-
-@_merge_state_in_place_op.register_fake
-def _(v, s, v_other, s_other, mask):
-    return None
-
-
-@torch.library.custom_op("flashinfer_triton::merge_states", mutates_args=())
-def _merge_states_op(v: torch.Tensor, s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _launch_merge_states(v, s)
-
-
-@_merge_states_op.register_fake
-def _(v, s):
-    seq_len, _, num_heads, head_dim = v.shape
-    return v.new_empty((seq_len, num_heads, head_dim)), s.new_empty((seq_len, num_heads), dtype=torch.float32)
 
 
 def merge_state(
@@ -158,17 +56,17 @@ def merge_state(
         Merged base-2 log-sum-exp, shape ``[seq_len, num_heads]``, dtype float32
         (``log2(2^s_a + 2^s_b)``; ``-inf`` where both are empty, with ``V = 0`` there).
     """
-    _merge_check_v("v_a", v_a, 3)
+    check_v("v_a", v_a, 3)
     device = v_a.device
-    _merge_check_v("v_b", v_b, 3, device)
+    check_v("v_b", v_b, 3, device)
     if v_b.shape != v_a.shape or v_b.dtype != v_a.dtype:
         raise ValueError(f"v_b: expected shape {list(v_a.shape)} and dtype {v_a.dtype} (v_a's), got {list(v_b.shape)}, {v_b.dtype}")
-    s_a = _merge_check_s("s_a", s_a, v_a.shape[:2], device)
-    s_b = _merge_check_s("s_b", s_b, v_a.shape[:2], device)
-    v_a, v_b = _last_contiguous(v_a), _last_contiguous(v_b)
+    s_a = check_s("s_a", s_a, v_a.shape[:2], device)
+    s_b = check_s("s_b", s_b, v_a.shape[:2], device)
+    v_a, v_b = last_contiguous(v_a), last_contiguous(v_b)
     if torch.compiler.is_compiling():
-        return _merge_state_op(v_a, s_a, v_b, s_b)
-    return _merge_state_impl(v_a, s_a, v_b, s_b)
+        return merge_state_op(v_a, s_a, v_b, s_b)
+    return merge_state_new(v_a, s_a, v_b, s_b)
 
 
 def merge_state_in_place(
@@ -195,24 +93,24 @@ def merge_state_in_place(
         shape ``[seq_len]``, dtype ``torch.bool``: only rows where it is True are merged, the
         others are left untouched (useful under CUDA graphs). None (default) merges every row.
     """
-    _merge_check_v("v", v, 3)
+    check_v("v", v, 3)
     device = v.device
     if v.stride(-1) != 1 and v.shape[-1] > 1:
         raise ValueError(f"v: the last dimension must be contiguous (stride 1), got strides {v.stride()}")
-    _merge_check_v("v_other", v_other, 3, device)
+    check_v("v_other", v_other, 3, device)
     if v_other.shape != v.shape or v_other.dtype != v.dtype:
         raise ValueError(f"v_other: expected shape {list(v.shape)} and dtype {v.dtype} (v's), got {list(v_other.shape)}, {v_other.dtype}")
-    s = _merge_check_s("s", s, v.shape[:2], device, in_place=True)
-    s_other = _merge_check_s("s_other", s_other, v.shape[:2], device)
-    v_other = _last_contiguous(v_other)
+    s = check_s("s", s, v.shape[:2], device, in_place=True)
+    s_other = check_s("s_other", s_other, v.shape[:2], device)
+    v_other = last_contiguous(v_other)
     if mask is not None:
         check_tensor("mask", mask, dtypes=(torch.bool,), ndim=1, device=device)
         if mask.numel() != v.shape[0]:
             raise ValueError(f"mask: expected {v.shape[0]} entries (seq_len), got {mask.numel()}")
     if torch.compiler.is_compiling():
-        _merge_state_in_place_op(v, s, v_other, s_other, mask)
+        merge_state_in_place_op(v, s, v_other, s_other, mask)
     else:
-        _launch_merge_state(v, s, v_other, s_other, v, s, None if mask is None else mask.view(torch.uint8))
+        launch_merge_state(v, s, v_other, s_other, v, s, None if mask is None else mask.contiguous().view(torch.uint8))
 
 
 def merge_states(v: torch.Tensor, s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -235,26 +133,17 @@ def merge_states(v: torch.Tensor, s: torch.Tensor) -> Tuple[torch.Tensor, torch.
         Merged base-2 log-sum-exp ``log2(sum_i 2^s_i)``, shape ``[seq_len, num_heads]``, dtype
         float32; ``-inf`` (with ``V = 0``) where every state is empty.
     """
-    _merge_check_v("v", v, 4)
-    s = _merge_check_s("s", s, v.shape[:3], v.device)
-    v = _last_contiguous(v)
+    check_v("v", v, 4)
+    s = check_s("s", s, v.shape[:3], v.device)
+    v = last_contiguous(v)
     if torch.compiler.is_compiling():
-        return _merge_states_op(v, s)
-    return _launch_merge_states(v, s)
+        return merge_states_op(v, s)
+    return launch_merge_states(v, s)
 
 
 # ---------------------------------------------------------------------------------------------
 # Cascade attention: multi-level wrapper, legacy shared-prefix wrappers, shared-prefix finder
 # ---------------------------------------------------------------------------------------------
-
-
-def _merge_into(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor, s_other: torch.Tensor) -> None:
-    """``merge_state_in_place`` on tensors the cascade wrappers built and checked themselves (no
-    per-call argument checks on the run() path)."""
-    if torch.compiler.is_compiling():
-        _merge_state_in_place_op(v, s, v_other, s_other, None)
-    else:
-        _launch_merge_state(v, s, v_other, s_other, v, s, None)
 
 
 def _check_level_list(name: str, arr, num_levels: int) -> list:
@@ -343,6 +232,7 @@ class MultiLevelCascadeAttentionWrapper:
         else:
             self._batch_prefill_wrappers = [BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
                                             for _ in range(self._num_levels)]
+        self._split_workspace(float_workspace_buffer)
         self._scratch = None  # (level output, level lse, own lse) buffers, sized at plan()
         self._planned = False
 
@@ -353,8 +243,13 @@ class MultiLevelCascadeAttentionWrapper:
     def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor,
                                int_workspace_buffers: Optional[List[torch.Tensor]] = None) -> None:
         """Swap the float workspace of every level (the int workspaces are accepted and unused)."""
-        for w in self._batch_prefill_wrappers:
-            w.reset_workspace_buffer(float_workspace_buffer)
+        check_tensor("float_workspace_buffer", float_workspace_buffer, device=self.device)
+        self._split_workspace(float_workspace_buffer)
+
+    def _split_workspace(self, float_workspace_buffer: torch.Tensor) -> None:
+        # Each level plans into its own region: levels never share partials or merge counters.
+        for w, region in zip(self._batch_prefill_wrappers, Workspace(float_workspace_buffer).split(self._num_levels)):
+            w._use_workspace(region)
 
     def plan(
         self,
@@ -433,7 +328,7 @@ class MultiLevelCascadeAttentionWrapper:
         if window_left != -1:
             raise NotImplementedError(f"window_left={window_left}: a sliding window would be measured inside each "
                                       f"level's KV segment, not the whole sequence")
-        q_dtype = canonicalize_dtype(q_data_type, "q_data_type")
+        q_dtype = plan_dtypes(q_data_type, kv_data_type, None)[0]
         totals = []
         for i, w in enumerate(self._batch_prefill_wrappers):
             try:
@@ -443,14 +338,14 @@ class MultiLevelCascadeAttentionWrapper:
                        kv_data_type=kv_data_type)
             except (ValueError, TypeError) as exc:
                 raise type(exc)(f"level {i}: {exc}") from None
-            totals.append(w._total_rows)
+            totals.append(w.total_rows)
             if totals[i] != totals[0]:
                 raise ValueError(f"qo_indptr_arr[{i}]: its last entry ({totals[i]} query rows) differs from "
                                  f"qo_indptr_arr[0]'s ({totals[0]}); every level covers all query rows")
         n = totals[0]
         base = self._batch_prefill_wrappers[-1]
-        shape = (n, num_qo_heads, base._params.head_dim_vo)
-        o_dtype = base._o_dtype
+        shape = (n, num_qo_heads, base.planned.opts.head_dim_vo)
+        o_dtype = base.planned.opts.o_dtype
         sc = self._scratch
         if self._use_cuda_graph:
             # Sized at the first plan (its row count bounds every later one: the level wrappers enforce it).
@@ -515,7 +410,7 @@ class MultiLevelCascadeAttentionWrapper:
         out, lse = wrappers[-1].run(q, paged_kv_cache, out=out, lse=lse)
         for w in wrappers[:-1]:
             w.run(q, paged_kv_cache, out=tmp_o, lse=tmp_lse)
-            _merge_into(out, lse, tmp_o, tmp_lse)
+            merge_into(out, lse, tmp_o, tmp_lse)
         return (out, lse) if want_lse else out
 
     forward = run
@@ -591,13 +486,13 @@ class BatchDecodeWithSharedPrefixPagedKVCacheWrapper:
         V : ``[batch_size, num_qo_heads, head_dim]`` in q's dtype.
         """
         dw = self._batch_decode_wrapper
-        if not dw._planned:
+        if dw.planned is None:
             raise RuntimeError("forward(): call begin_forward() first")
         v_shared_out, s_shared = single_prefill_with_kv_cache(q, k_shared, v_shared, causal=False,
-                                                              kv_layout=self._kv_layout, sm_scale=dw._params.sm_scale,
+                                                              kv_layout=self._kv_layout, sm_scale=dw.planned.opts.sm_scale,
                                                               return_lse=True)
         v_unique, s_unique = dw.run(q, unique_kv_cache, return_lse=True)
-        _merge_into(v_shared_out, s_shared, v_unique, s_unique)
+        merge_into(v_shared_out, s_shared, v_unique, s_unique)
         return v_shared_out
 
     run = forward
@@ -712,7 +607,7 @@ class BatchPrefillWithSharedPrefixPagedKVCacheWrapper:
                                                               sm_scale=sm_scale, rope_scale=rope_scale,
                                                               rope_theta=rope_theta, return_lse=True)
         v_unique, s_unique = self._batch_prefill_wrapper.run(q, unique_kv_cache, return_lse=True)
-        _merge_into(v_shared_out, s_shared, v_unique, s_unique)
+        merge_into(v_shared_out, s_shared, v_unique, s_unique)
         return v_shared_out
 
     run = forward
@@ -788,39 +683,17 @@ def split_shared_prefix(
     """
     check_int32_index("paged_kv_indptr", paged_kv_indptr)
     batch = paged_kv_indptr.numel() - 1
-    if batch < 0:
-        raise ValueError("paged_kv_indptr: expected at least one entry")
-    check_int32_index("paged_kv_indices", paged_kv_indices)
-    check_int32_index("paged_kv_last_page_len", paged_kv_last_page_len, numel=batch)
     if qo_indptr is not None:
         check_int32_index("qo_indptr", qo_indptr, numel=batch + 1)
-    if not isinstance(page_size, (int, np.integer)) or isinstance(page_size, bool) or page_size < 1:
-        raise ValueError(f"page_size: expected a positive int, got {page_size!r}")
+    check_tensor("paged_kv_indices", paged_kv_indices)
     device = paged_kv_indices.device
-    parts = [paged_kv_indptr, paged_kv_last_page_len] + ([] if qo_indptr is None else [qo_indptr]) + [paged_kv_indices]
-    host = torch.cat([t.to(device) for t in parts]).cpu().numpy().astype(np.int64)
-    indptr = host[: batch + 1]
-    last = host[batch + 1: 2 * batch + 1]
-    pos = 2 * batch + 1
-    if qo_indptr is None:
-        qo = np.arange(batch + 1, dtype=np.int64)
-    else:
-        qo = host[pos: pos + batch + 1]
-        pos += batch + 1
-    indices = host[pos:]
+    table = read_page_table(paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, page_size, device,
+                            names=("paged_kv_indptr", "paged_kv_indices", "paged_kv_last_page_len"),
+                            extra=[] if qo_indptr is None else [qo_indptr], read_ids=True)
+    indptr, indices, kv_len, last = table.indptr, table.ids, table.kv_len, table.last_page_len
+    qo = np.arange(batch + 1, dtype=np.int64) if qo_indptr is None else table.extra[0]
+    qo_len = check_csr("qo_indptr", qo)
     num_pages = np.diff(indptr)
-    if batch and (indptr[0] != 0 or (num_pages < 0).any()):
-        raise ValueError("paged_kv_indptr: expected a non-decreasing CSR offset array starting at 0")
-    if indptr[-1] != indices.shape[0]:
-        raise ValueError(f"paged_kv_indices: expected paged_kv_indptr[-1] = {indptr[-1]} entries, got {indices.shape[0]}")
-    has_pages = num_pages > 0
-    if ((last < 1) & has_pages).any() or (last > page_size).any():
-        raise ValueError(f"paged_kv_last_page_len: every entry must be in [1, page_size={page_size}] for a request "
-                         f"with pages")
-    qo_len = np.diff(qo)
-    if qo[0] != 0 or (qo_len < 0).any():
-        raise ValueError("qo_indptr: expected a non-decreasing CSR offset array starting at 0")
-    kv_len = np.where(has_pages, (num_pages - 1) * page_size + last, 0)
 
     shared = 0
     if batch >= 2:

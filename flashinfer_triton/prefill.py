@@ -26,28 +26,17 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-from . import _scheduler, ops
-from ._attention import (
-    KV_DTYPES,
-    Q_DTYPES,
-    AttentionLauncher,
-    AttentionParams,
-    KVView,
-    check_layout,
-    partial_buffers,
-    unpack_paged_kv_cache,
-    unpack_ragged_kv,
-)
-from ._utils import (
-    alibi_slopes,
-    canonicalize_dtype,
-    check_int32_index,
-    check_tensor,
-    default_sm_scale,
-    num_compute_units,
-    pos_encoding_code,
-)
-from .kernels.attention import prefill_block_config, variant_stages
+from ._utils import check_int32_index, check_tensor
+from .attention.config import select_config
+from .attention.device import device_info
+from .attention.kv import KVView, check_csr, check_layout, host_int64, ragged_kv_len, read_page_table, \
+    unpack_paged_kv_cache, unpack_ragged_kv
+from .attention.ops import run_attention
+from .attention.options import Q_DTYPES, check_backend, make_options, scale_arg
+from .attention.plan import PlannedAttention, graph_bounds, plan_attention
+from .attention.scheduler import DeviceMetadata
+from .attention.workspace import Workspace, single_request_workspace
+from .decode import check_sinks
 from .quantization import segment_packbits
 
 __all__ = [
@@ -57,67 +46,19 @@ __all__ = [
     "single_prefill_with_kv_cache_return_lse",
 ]
 
-SUPPORTED_HEAD_DIMS = (64, 80, 96, 112, 128, 192, 256)
-_BACKENDS = ("auto", "triton")
 # Block-shape key used with ``fixed_split_size``: any long prefill, whatever the batch holds.
 _BATCH_INVARIANT_QO_LEN = 1 << 20
 
 
-# ---------------------------------------------------------------------------------------------
-# Checks and parameters shared by the three entry points.
-
-def _check_backend(backend: str) -> None:
-    if backend not in _BACKENDS:
-        raise NotImplementedError(f"backend={backend!r}: flashinfer_triton has the 'triton' backend only ('auto' picks it)")
-
-
-def _make_params(num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, paged, causal, has_mask, pos_encoding_mode,
-                 use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta,
-                 max_qo_len, total_qo_len=None) -> AttentionParams:
-    """Validate the options of a prefill problem and pick the kernel configuration for it."""
-    for name, value in (("num_qo_heads", num_qo_heads), ("num_kv_heads", num_kv_heads), ("head_dim_qk", head_dim_qk),
-                        ("head_dim_vo", head_dim_vo)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-            raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if num_qo_heads <= 0 or num_kv_heads <= 0 or num_qo_heads % num_kv_heads != 0:
-        raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})")
-    for name, value in (("head_dim_qk", head_dim_qk), ("head_dim_vo", head_dim_vo)):
-        if value not in SUPPORTED_HEAD_DIMS:
-            raise NotImplementedError(f"{name}={value}: supported head dims are {SUPPORTED_HEAD_DIMS}")
-    if use_fp16_qk_reduction:
-        raise NotImplementedError("use_fp16_qk_reduction=True: q.k products always accumulate in float32 here")
-    if not isinstance(window_left, (int, np.integer)) or isinstance(window_left, bool):
-        raise TypeError(f"window_left: expected an int, got {type(window_left).__name__}")
-    if logits_soft_cap is not None and logits_soft_cap < 0:
-        raise ValueError(f"logits_soft_cap: expected None, 0 or a positive value, got {logits_soft_cap}")
-    if rope_scale is not None and rope_scale <= 0:
-        raise ValueError(f"rope_scale: expected a positive value, got {rope_scale}")
-    if rope_theta is not None and rope_theta <= 0:
-        raise ValueError(f"rope_theta: expected a positive value, got {rope_theta}")
-    pos_enc = pos_encoding_code(pos_encoding_mode)
-    group = num_qo_heads // num_kv_heads
-    block_m, block_n, warps, stages = prefill_block_config(group, max(head_dim_qk, head_dim_vo), max(int(max_qo_len), 1),
-                                                          total_qo_len)
-    stages = variant_stages(stages, has_mask, pos_enc)
-    if group > block_m:
-        raise NotImplementedError(f"num_qo_heads / num_kv_heads = {group}: GQA groups above {block_m} are not supported "
-                                  f"at head_dim {max(head_dim_qk, head_dim_vo)}")
-    return AttentionParams(
-        num_qo_heads=int(num_qo_heads), num_kv_heads=int(num_kv_heads), head_dim=int(head_dim_qk),
-        head_dim_vo=int(head_dim_vo), block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
-        paged=paged, causal=bool(causal) and not has_mask, window_left=int(window_left),
-        logits_soft_cap=float(logits_soft_cap or 0.0), sm_scale=default_sm_scale(head_dim_qk, sm_scale),
-        pos_enc=pos_enc, rope_scale=1.0 if rope_scale is None else float(rope_scale),
-        rope_theta=1e4 if rope_theta is None else float(rope_theta), custom_mask=has_mask,
-    )
-
-
-def _scale_arg(name, value) -> float:
-    if value is None:
-        return 1.0
-    if isinstance(value, torch.Tensor):
-        raise NotImplementedError(f"{name} as a tensor: pass a Python float (a tensor would need a host sync)")
-    return float(value)
+def _prefill_options(num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, paged, causal, has_mask,
+                     pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale, rope_scale,
+                     rope_theta, q_data_type, kv_data_type=None, o_data_type=None):
+    return make_options(num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim_qk,
+                        head_dim_vo=head_dim_vo, q_data_type=q_data_type, kv_data_type=kv_data_type,
+                        o_data_type=o_data_type, paged=paged, causal=causal, custom_mask=has_mask,
+                        pos_encoding_mode=pos_encoding_mode, window_left=window_left,
+                        logits_soft_cap=logits_soft_cap, sm_scale=sm_scale, rope_scale=rope_scale,
+                        rope_theta=rope_theta, use_fp16_qk_reduction=use_fp16_qk_reduction, head_dim_name="head_dim_qk")
 
 
 def _mask_byte_indptr(qo_len: np.ndarray, kv_len: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -204,7 +145,7 @@ def single_prefill_with_kv_cache(
     sm_scale : default ``1 / sqrt(head_dim_qk)``.
     window_left : -1, or w >= 0: keys with ``j >= i + kv_len - qo_len - w`` only.
     logits_soft_cap : None/0, or c > 0: ``c * tanh(x / c)`` on scaled logits x.
-    backend : "auto" or "triton".
+    backend : "auto", "fa2", "fa3" or "triton": all run this library's Triton kernel.
     return_lse : also return the LSE.
     kv_cache_sf : NVFP4 scale factors: not supported (NotImplementedError).
     k_scale, v_scale : Python floats; k_scale multiplies sm_scale, v_scale the output.
@@ -214,7 +155,7 @@ def single_prefill_with_kv_cache(
     out : ``[qo_len, num_qo_heads, head_dim_vo]`` in ``o_dtype``; with ``return_lse`` also
     lse : ``[qo_len, num_qo_heads]`` float32, base 2.
     """
-    _check_backend(backend)
+    check_backend(backend)
     for name, value in (("scale_q", scale_q), ("scale_k", scale_k), ("scale_v", scale_v), ("kv_cache_sf", kv_cache_sf)):
         if value is not None:
             raise NotImplementedError(f"{name}: per-head FP8 / NVFP4 scale tensors are not supported; pass "
@@ -227,31 +168,22 @@ def single_prefill_with_kv_cache(
     qo_len, num_qo_heads, head_dim = q.shape
     if head_dim != kv.head_dim:
         raise ValueError(f"q: head_dim {head_dim} differs from k's {kv.head_dim}")
-    kv_len = kv.k.shape[0] if kv_layout == "NHD" else kv.k.shape[1]
+    kv_len = ragged_kv_len(kv, kv_layout)
     has_mask = custom_mask is not None or packed_custom_mask is not None
     if causal and not has_mask and qo_len > kv_len:
         raise ValueError(f"q: causal attention needs qo_len <= kv_len, got qo_len {qo_len} > kv_len {kv_len}")
-    o_dtype = canonicalize_dtype(o_dtype, "o_dtype") or q.dtype
-    params = _make_params(num_qo_heads, kv.num_kv_heads, head_dim, kv.head_dim_vo, False, causal, has_mask,
-                          pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale, rope_scale,
-                          rope_theta, qo_len)
+    opts = _prefill_options(num_qo_heads, kv.num_kv_heads, head_dim, kv.head_dim_vo, False, causal, has_mask,
+                            pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale,
+                            rope_scale, rope_theta, q.dtype, k.dtype, o_dtype)
     qo_h = np.array([0, qo_len], dtype=np.int64)
     kv_h = np.array([kv_len], dtype=np.int64)
     mask, mask_indptr_h = _prepare_mask(custom_mask, packed_custom_mask, qo_h[1:], kv_h, q.device)
-    plan = _scheduler.plan_work(qo_h, kv_h, np.zeros(1, dtype=np.int64), params.tile_q, params.block_n,
-                                kv.num_kv_heads, num_compute_units(), causal=params.causal)
-    meta = _scheduler.DeviceMetadata(q.device, fixed=False).upload(plan)
-    part_o = torch.empty(plan.num_partial_rows * num_qo_heads * kv.head_dim_vo, dtype=torch.float32, device=q.device)
-    part_lse = torch.empty(plan.num_partial_rows * num_qo_heads, dtype=torch.float32, device=q.device)
-    out = torch.empty((qo_len, num_qo_heads, kv.head_dim_vo), dtype=o_dtype, device=q.device)
+    mask_indptr = None if mask is None else torch.from_numpy(mask_indptr_h.astype(np.int32)).to(q.device)
+    planned = plan_attention(opts, single_request_workspace(q.device), DeviceMetadata(q.device, fixed=False), qo_h, kv_h,
+                             np.zeros(1, dtype=np.int64), None, 1, mask=mask, mask_indptr=mask_indptr)
+    out = torch.empty((qo_len, num_qo_heads, kv.head_dim_vo), dtype=opts.o_dtype, device=q.device)
     lse = torch.empty((qo_len, num_qo_heads), dtype=torch.float32, device=q.device) if return_lse else None
-    mask_indptr = None
-    if mask is not None:
-        mask_indptr = torch.from_numpy(mask_indptr_h.astype(np.int32)).to(q.device)
-    alibi = alibi_slopes(num_qo_heads, q.device) if params.pos_enc == 2 else None
-    ops.attention(params, q, kv, out, lse, meta, None, part_o, part_lse, plan.grid_items, plan.grid_merge_rows,
-                  mask=mask, mask_indptr=mask_indptr, alibi=alibi, k_scale=_scale_arg("k_scale", k_scale),
-                  v_scale=_scale_arg("v_scale", v_scale))
+    run_attention(planned.launcher, q, kv, out, lse, 1.0, scale_arg("k_scale", k_scale), scale_arg("v_scale", v_scale))
     return (out, lse) if return_lse else out
 
 
@@ -273,10 +205,11 @@ class _BatchPrefillBase:
                      custom_mask_buf, mask_indptr_buf):
         check_layout(kv_layout)
         check_tensor("float_workspace_buffer", float_workspace_buffer)
-        _check_backend(backend)
+        check_backend(backend)
         if jit_args is not None or jit_kwargs is not None:
             raise NotImplementedError("jit_args/jit_kwargs: custom JIT variants are written as Triton functions here")
         self._float_workspace_buffer = float_workspace_buffer
+        self._workspace = Workspace(float_workspace_buffer)
         self.device = float_workspace_buffer.device
         self._kv_layout = kv_layout
         self._use_cuda_graph = bool(use_cuda_graph)
@@ -288,19 +221,35 @@ class _BatchPrefillBase:
                 check_int32_index("mask_indptr_buf", mask_indptr_buf, device=self.device)
         self._custom_mask_buf = custom_mask_buf
         self._mask_indptr_buf = mask_indptr_buf
-        self._meta = _scheduler.DeviceMetadata(self.device, fixed=self._use_cuda_graph)
+        self._meta = DeviceMetadata(self.device, fixed=self._use_cuda_graph)
         self._max_total_num_rows: Optional[int] = None
-        self._graph_cfg = None
-        self._planned = False
+        self._bounds = None  # (options, config, GraphBounds) of a CUDA-graph wrapper
+        self._planned: Optional[PlannedAttention] = None
 
     @property
     def is_cuda_graph_enabled(self) -> bool:
         return self._use_cuda_graph
 
+    @property
+    def planned(self) -> Optional[PlannedAttention]:
+        """The engine's plan of the current batch (options, kernel config, work list), or None."""
+        return self._planned
+
+    @property
+    def total_rows(self) -> int:
+        """Query rows of the planned batch (``qo_indptr[-1]``)."""
+        return self._total_rows
+
     def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
-        """Swap the float workspace (the int workspace is accepted and unused: metadata has its own buffer)."""
+        """Swap the float workspace (the int workspace is accepted and unused: metadata has its own
+        buffer). Takes effect at the next plan()."""
         check_tensor("float_workspace_buffer", float_workspace_buffer, device=self.device)
         self._float_workspace_buffer = float_workspace_buffer
+        self._workspace = Workspace(float_workspace_buffer)
+
+    def _use_workspace(self, workspace: Workspace) -> None:
+        """Plan into a region of a shared workspace (cascade levels take disjoint regions)."""
+        self._workspace = workspace
 
     def end_forward(self) -> None:
         """Kept for FlashInfer compatibility: nothing to release."""
@@ -310,29 +259,24 @@ class _BatchPrefillBase:
             raise ValueError(f"{name}: under CUDA graphs the batch size is fixed at {self._fixed_batch_size} by the "
                              f"buffers given to the constructor, got {batch}")
 
-    def _plan_common(self, qo_indptr_h, kv_len_h, kv_begin_h, page_size, num_qo_heads, num_kv_heads, head_dim_qk,
-                     head_dim_vo, custom_mask, packed_custom_mask, causal, pos_encoding_mode, use_fp16_qk_reduction,
-                     window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta, q_data_type, kv_data_type,
-                     o_data_type, non_blocking, fixed_split_size, disable_split_kv):
-        """Everything after the index arrays have reached the host: options, masks, work list, buffers."""
+    def _plan_common(self, qo_indptr_h, kv_len_h, kv_begin_h, kv_indices, page_size, num_qo_heads, num_kv_heads,
+                     head_dim_qk, head_dim_vo, custom_mask, packed_custom_mask, causal, pos_encoding_mode,
+                     use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta,
+                     q_data_type, kv_data_type, o_data_type, non_blocking, fixed_split_size, disable_split_kv):
+        """Everything after the index arrays have reached the host: options, masks, work list, launcher."""
         batch = kv_len_h.shape[0]
-        head_dim_vo = head_dim_qk if head_dim_vo is None else head_dim_vo
-        q_dtype = canonicalize_dtype(q_data_type, "q_data_type")
-        kv_dtype = canonicalize_dtype(kv_data_type, "kv_data_type") or q_dtype
-        o_dtype = canonicalize_dtype(o_data_type, "o_data_type") or q_dtype
-        if q_dtype not in Q_DTYPES:
-            raise TypeError(f"q_data_type: expected float16, bfloat16 or float32, got {q_dtype}")
-        if kv_dtype not in KV_DTYPES:
-            raise TypeError(f"kv_data_type: expected one of {KV_DTYPES}, got {kv_dtype}")
         if fixed_split_size is not None and (not isinstance(fixed_split_size, int) or fixed_split_size < -1):
             raise ValueError(f"fixed_split_size: expected None, -1 or a positive int, got {fixed_split_size!r}")
-        qo_len_h = np.diff(qo_indptr_h)
-        if qo_indptr_h[0] != 0 or (qo_len_h < 0).any():
-            raise ValueError("qo_indptr: expected a non-decreasing CSR offset array starting at 0")
+        qo_len_h = check_csr("qo_indptr", qo_indptr_h)
         total_rows = int(qo_indptr_h[-1])
-        max_qo_len = int(qo_len_h.max(initial=0))
-        total_qo_len = total_rows
-
+        has_mask = custom_mask is not None or packed_custom_mask is not None
+        opts = _prefill_options(num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, self._paged, causal, has_mask,
+                                pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale,
+                                rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type)
+        fixed = fixed_split_size is not None and fixed_split_size > 0
+        # Batch-invariant results (a fixed split) need a block shape that does not depend on the batch.
+        shape_qo_len = shape_rows = _BATCH_INVARIANT_QO_LEN if fixed else None
+        cfg = bounds = None
         if self._use_cuda_graph:
             # FlashInfer's rule: the first plan fixes the largest total query count the graph serves.
             if self._max_total_num_rows is None:
@@ -340,52 +284,13 @@ class _BatchPrefillBase:
             elif total_rows > self._max_total_num_rows:
                 raise ValueError(f"qo_indptr: {total_rows} query rows exceed the {self._max_total_num_rows} that the "
                                  f"first plan() of this CUDA-graph wrapper fixed")
-            max_qo_len = total_qo_len = max(self._max_total_num_rows, 1)  # block shape fixed for every later plan
-        if fixed_split_size is not None and fixed_split_size > 0:
-            # Batch-invariant results need a block shape that does not depend on the rest of the batch.
-            max_qo_len = total_qo_len = _BATCH_INVARIANT_QO_LEN
-        has_mask = custom_mask is not None or packed_custom_mask is not None
-        params = _make_params(num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, self._paged, causal, has_mask,
-                              pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale,
-                              rope_scale, rope_theta, max_qo_len, total_qo_len)
+            if self._bounds is None or self._bounds[0] != opts:
+                rows = max(self._max_total_num_rows, 1)
+                cfg = select_config(opts, device_info(self.device), shape_qo_len or rows, shape_rows or rows, page_size)
+                self._bounds = (opts, cfg, graph_bounds(opts, cfg, self.device, batch, rows))
+            _, cfg, bounds = self._bounds
         mask, mask_indptr_h = _prepare_mask(custom_mask, packed_custom_mask, qo_len_h, kv_len_h, self.device)
-
-        num_cus = num_compute_units(self.device.index or 0) if self.device.type == "cuda" else num_compute_units()
-        split_tokens = None
-        if fixed_split_size is not None and fixed_split_size > 0:
-            split_tokens = fixed_split_size * page_size  # FlashInfer counts it in pages
-        pad_to = None
-        part_rows_cap = None
-        row_bytes = 4 * num_qo_heads * (head_dim_vo + 1)
-        ws_rows = (self._float_workspace_buffer.numel() * self._float_workspace_buffer.element_size()) // row_bytes
-        if self._use_cuda_graph:
-            key = (num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, params.block_m)
-            if self._graph_cfg is None or self._graph_cfg[0] != key:
-                target = -(-_scheduler.PROGRAMS_PER_CU * num_cus // num_kv_heads)
-                max_tiles = -(-self._max_total_num_rows // params.tile_q) + batch
-                # A causal split can make up to twice ``target`` extra items (its work estimate halves).
-                items = max_tiles + 2 * target
-                self._graph_cfg = (key, (items, max(self._max_total_num_rows, 1)), min(items * params.tile_q, ws_rows))
-            _, pad_to, part_rows_cap = self._graph_cfg
-        else:
-            part_rows_cap = ws_rows
-
-        def make_plan(no_split):
-            return _scheduler.plan_work(qo_indptr_h, kv_len_h, kv_begin_h, params.tile_q, params.block_n, num_kv_heads,
-                                        num_cus, causal=params.causal, disable_split_kv=no_split,
-                                        fixed_split_size=None if no_split else split_tokens, pad_to=pad_to)
-
-        plan = make_plan(bool(disable_split_kv))
-        if plan.num_partial_rows > part_rows_cap:
-            if split_tokens is not None:
-                raise ValueError(f"float_workspace_buffer: fixed_split_size={fixed_split_size} needs "
-                                 f"{plan.num_partial_rows * row_bytes} bytes of split-KV partials, more than the "
-                                 f"{part_rows_cap * row_bytes} available; pass a larger buffer or a larger split")
-            plan = make_plan(True)  # not enough workspace for partials: one chunk per request
-        rows = part_rows_cap if self._use_cuda_graph else plan.num_partial_rows
-        self._part_o, self._part_lse = partial_buffers(self._float_workspace_buffer, rows, num_qo_heads, head_dim_vo)
-
-        self._mask = self._mask_indptr = None
+        mask_indptr = None
         if mask is not None:
             mask_indptr = torch.from_numpy(mask_indptr_h.astype(np.int32))
             if self._use_cuda_graph:
@@ -399,71 +304,62 @@ class _BatchPrefillBase:
                                      f"{self._mask_indptr_buf.numel()}")
                 self._custom_mask_buf[: mask.numel()].copy_(mask, non_blocking=non_blocking)
                 self._mask_indptr_buf.copy_(mask_indptr, non_blocking=non_blocking)
-                self._mask, self._mask_indptr = self._custom_mask_buf, self._mask_indptr_buf
+                mask, mask_indptr = self._custom_mask_buf, self._mask_indptr_buf
             else:
-                self._mask = mask
-                self._mask_indptr = mask_indptr.to(self.device, non_blocking=non_blocking)
-        self._meta_views = self._meta.upload(plan, non_blocking=non_blocking)
-        self._alibi = alibi_slopes(num_qo_heads, self.device) if params.pos_enc == 2 else None
-        self._plan = plan
-        self._params = params
+                mask_indptr = mask_indptr.to(self.device, non_blocking=non_blocking)
+        split = fixed_split_size * page_size if fixed else None  # FlashInfer counts it in pages
+        self._planned = plan_attention(
+            opts, self._workspace, self._meta, qo_indptr_h, kv_len_h, kv_begin_h, kv_indices, page_size,
+            config_qo_len=shape_qo_len, config_rows=shape_rows, cfg=cfg, disable_split_kv=bool(disable_split_kv),
+            fixed_split_tokens=split, bounds=bounds, mask=mask, mask_indptr=mask_indptr, non_blocking=non_blocking)
         self._batch_size = batch
         self._total_rows = total_rows
-        self._q_dtype, self._kv_dtype, self._o_dtype = q_dtype, kv_dtype, o_dtype
-        self._grid_merge = plan.grid_merge_rows if (self._use_cuda_graph or plan.num_merge_rows) else 0
-        self._launcher = None  # built by the first run() of this plan
-        self._planned = True
 
-    def _run_common(self, q, kv: KVView, kv_indices, out, lse, return_lse, q_scale, k_scale, v_scale, window_left,
+    def _run_common(self, q, kv: KVView, out, lse, return_lse, q_scale, k_scale, v_scale, window_left, sinks,
                     kv_name):
-        if not self._planned:
+        planned = self._planned
+        if planned is None:
             raise RuntimeError("run(): call plan() first")
-        p = self._params
+        opts = planned.opts
         n = self._total_rows
-        if q.dim() != 3 or q.shape[0] != n or q.shape[1] != p.num_qo_heads or q.shape[2] != p.head_dim:
-            raise ValueError(f"q: expected shape [{n}, {p.num_qo_heads}, {p.head_dim}] (qo_indptr[-1], heads, head_dim_qk "
-                             f"as planned), got {list(q.shape)}")
-        if q.dtype != self._q_dtype:
-            raise TypeError(f"q: expected dtype {self._q_dtype} (plan's q_data_type), got {q.dtype}")
+        if q.dim() != 3 or q.shape[0] != n or q.shape[1] != opts.num_qo_heads or q.shape[2] != opts.head_dim:
+            raise ValueError(f"q: expected shape [{n}, {opts.num_qo_heads}, {opts.head_dim}] (qo_indptr[-1], heads, "
+                             f"head_dim_qk as planned), got {list(q.shape)}")
+        if q.dtype != opts.q_dtype:
+            raise TypeError(f"q: expected dtype {opts.q_dtype} (plan's q_data_type), got {q.dtype}")
         if q.stride(-1) != 1:
             raise ValueError("q: the last dimension must be contiguous")
         if q.device != self.device:
             raise ValueError(f"q: expected a tensor on {self.device}, got one on {q.device}")
-        if kv.k.dtype != self._kv_dtype:
-            raise TypeError(f"{kv_name}: expected dtype {self._kv_dtype} (plan's kv_data_type), got {kv.k.dtype}")
+        if kv.k.dtype != opts.kv_dtype:
+            raise TypeError(f"{kv_name}: expected dtype {opts.kv_dtype} (plan's kv_data_type), got {kv.k.dtype}")
         if kv.k.device != self.device:
             raise ValueError(f"{kv_name}: expected tensors on {self.device}, got {kv.k.device}")
-        if kv.num_kv_heads != p.num_kv_heads or kv.head_dim != p.head_dim or kv.head_dim_vo != p.head_dim_vo:
-            raise ValueError(f"{kv_name}: expected {p.num_kv_heads} KV heads, head_dim_qk {p.head_dim} and head_dim_vo "
-                             f"{p.head_dim_vo} in {self._kv_layout} layout (planned), got K {tuple(kv.k.shape)}, "
-                             f"V {tuple(kv.v.shape)}")
-        shape_o = (n, p.num_qo_heads, p.head_dim_vo)
+        if kv.num_kv_heads != opts.num_kv_heads or kv.head_dim != opts.head_dim or kv.head_dim_vo != opts.head_dim_vo:
+            raise ValueError(f"{kv_name}: expected {opts.num_kv_heads} KV heads, head_dim_qk {opts.head_dim} and "
+                             f"head_dim_vo {opts.head_dim_vo} in {self._kv_layout} layout (planned), got K "
+                             f"{tuple(kv.k.shape)}, V {tuple(kv.v.shape)}")
+        if window_left is not None and (not isinstance(window_left, int) or isinstance(window_left, bool)):
+            raise TypeError(f"window_left: expected an int or None, got {type(window_left).__name__}")
+        shape_o = (n, opts.num_qo_heads, opts.head_dim_vo)
         if out is None:
-            out = torch.empty(shape_o, dtype=self._o_dtype, device=self.device)
+            out = torch.empty(shape_o, dtype=opts.o_dtype, device=self.device)
         else:
-            check_tensor("out", out, dtypes=(self._o_dtype,), device=self.device, last_dim_contiguous=True)
+            check_tensor("out", out, dtypes=(opts.o_dtype,), device=self.device, last_dim_contiguous=True)
             if tuple(out.shape) != shape_o:
                 raise ValueError(f"out: expected shape {list(shape_o)}, got {list(out.shape)}")
         if lse is not None:
             check_tensor("lse", lse, dtypes=(torch.float32,), device=self.device)
-            if tuple(lse.shape) != (n, p.num_qo_heads) or not lse.is_contiguous():
-                raise ValueError(f"lse: expected a contiguous [{n}, {p.num_qo_heads}] float32 tensor, got "
+            if tuple(lse.shape) != (n, opts.num_qo_heads) or not lse.is_contiguous():
+                raise ValueError(f"lse: expected a contiguous [{n}, {opts.num_qo_heads}] float32 tensor, got "
                                  f"{list(lse.shape)}")
             return_lse = True
         elif return_lse:
-            lse = torch.empty((n, p.num_qo_heads), dtype=torch.float32, device=self.device)
-        qs, ks, vs = _scale_arg("q_scale", q_scale), _scale_arg("k_scale", k_scale), _scale_arg("v_scale", v_scale)
-        if torch.compiler.is_compiling():
-            ops.attention_via_op(
-                p, q, kv, out, lse, self._meta_views, kv_indices, self._part_o, self._part_lse,
-                self._plan.grid_items, self._grid_merge, mask=self._mask, mask_indptr=self._mask_indptr,
-                alibi=self._alibi, q_scale=qs, k_scale=ks, v_scale=vs, window_left=window_left)
-        else:
-            if self._launcher is None or self._launcher[0] is not kv_indices:
-                self._launcher = (kv_indices, AttentionLauncher(
-                    p, self._meta_views, kv_indices, self._part_o, self._part_lse, self._plan.grid_items,
-                    self._grid_merge, self._mask, self._mask_indptr, self._alibi))
-            self._launcher[1](q, kv, out, lse, qs, ks, vs, window_left)
+            lse = torch.empty((n, opts.num_qo_heads), dtype=torch.float32, device=self.device)
+        if sinks is not None:
+            check_sinks(sinks, opts.num_qo_heads, self.device)
+        run_attention(planned.launcher, q, kv, out, lse, scale_arg("q_scale", q_scale), scale_arg("k_scale", k_scale),
+                      scale_arg("v_scale", v_scale), window_left, sinks)
         return (out, lse) if return_lse else out
 
 
@@ -485,7 +381,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
     qo_indptr_buf, kv_indptr_buf : ``[batch_size + 1]`` int32, required with ``use_cuda_graph``.
     custom_mask_buf : ``[max_mask_bytes]`` uint8, with ``use_cuda_graph`` and a custom mask.
     mask_indptr_buf : ``[batch_size + 1]`` int32, with ``use_cuda_graph`` and a custom mask.
-    backend : "auto" or "triton".
+    backend : "auto", "fa2", "fa3" or "triton": all run this library's Triton kernel.
     """
 
     def __init__(
@@ -588,19 +484,15 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
         check_int32_index("kv_indptr", kv_indptr, numel=qo_indptr.numel())
         batch = qo_indptr.numel() - 1
         self._check_fixed_batch(batch, "qo_indptr")
-        parts = [qo_indptr, kv_indptr]
-        if any(t.device.type != "cpu" for t in parts):
-            host = torch.cat([t.to(self.device) for t in parts]).cpu().numpy().astype(np.int64)
-        else:
-            host = torch.cat(parts).numpy().astype(np.int64)
+        host = host_int64([qo_indptr, kv_indptr])
         qo_h, kv_indptr_h = host[: batch + 1], host[batch + 1:]
         kv_len_h = np.diff(kv_indptr_h)
         if (kv_len_h < 0).any() or (batch >= 0 and kv_indptr_h[0] < 0):
             raise ValueError("kv_indptr: expected a non-decreasing, non-negative CSR offset array")
-        self._plan_common(qo_h, kv_len_h, kv_indptr_h[:-1], 1, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo,
-                          custom_mask, packed_custom_mask, causal, pos_encoding_mode, use_fp16_qk_reduction,
-                          window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta, q_data_type, kv_data_type,
-                          o_data_type, non_blocking, fixed_split_size, disable_split_kv)
+        self._plan_common(qo_h, kv_len_h, kv_indptr_h[:-1], None, 1, num_qo_heads, num_kv_heads, head_dim_qk,
+                          head_dim_vo, custom_mask, packed_custom_mask, causal, pos_encoding_mode,
+                          use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta,
+                          q_data_type, kv_data_type, o_data_type, non_blocking, fixed_split_size, disable_split_kv)
         self._kv_tokens = int(kv_indptr_h[-1])
         if self._use_cuda_graph:
             self._qo_indptr_buf.copy_(qo_indptr, non_blocking=non_blocking)
@@ -648,11 +540,11 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
         if o_scale is not None and o_scale != 1.0:
             raise NotImplementedError("o_scale: output quantization scales are not supported")
         kv = unpack_ragged_kv(k, v, self._kv_layout)
-        if self._planned:
-            n_kv = kv.k.shape[0] if self._kv_layout == "NHD" else kv.k.shape[1]
+        if self._planned is not None:
+            n_kv = ragged_kv_len(kv, self._kv_layout)
             if n_kv < self._kv_tokens:
                 raise ValueError(f"k: kv_indptr[-1] = {self._kv_tokens} tokens planned, k has {n_kv}")
-        return self._run_common(q, kv, None, out, lse, return_lse, q_scale, k_scale, v_scale, None, "k/v")
+        return self._run_common(q, kv, out, lse, return_lse, q_scale, k_scale, v_scale, None, None, "k/v")
 
     forward = run
 
@@ -684,7 +576,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
     paged_kv_last_page_len_buf : ``[batch_size]`` int32, required with ``use_cuda_graph``.
     custom_mask_buf : ``[max_mask_bytes]`` uint8, with ``use_cuda_graph`` and a custom mask.
     mask_indptr_buf : ``[batch_size + 1]`` int32, with ``use_cuda_graph`` and a custom mask.
-    backend : "auto" or "triton".
+    backend : "auto", "fa2", "fa3" or "triton": all run this library's Triton kernel.
     """
 
     _paged = True
@@ -800,59 +692,30 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
                 raise NotImplementedError(f"{name}: not supported by the triton backend; pass the CSR page table")
         check_int32_index("qo_indptr", qo_indptr)
         check_int32_index("paged_kv_indptr", paged_kv_indptr, numel=qo_indptr.numel())
-        check_int32_index("paged_kv_indices", paged_kv_indices)
-        check_int32_index("paged_kv_last_page_len", paged_kv_last_page_len, numel=qo_indptr.numel() - 1)
-        if not isinstance(page_size, int) or page_size < 1:
-            raise ValueError(f"page_size: expected a positive int, got {page_size!r}")
-        batch = qo_indptr.numel() - 1
+        table = read_page_table(paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, page_size, self.device,
+                                names=("paged_kv_indptr", "paged_kv_indices", "paged_kv_last_page_len"),
+                                extra=[qo_indptr])
+        batch = table.kv_len.shape[0]
         self._check_fixed_batch(batch, "qo_indptr")
-        indices = paged_kv_indices
-        # One device->host transfer for everything plan() reads (the page-id range included, so run()
-        # can reject an out-of-range page id with no device work).
-        if indices.numel():
-            idx_range = torch.stack([indices.min(), indices.max()]).to(torch.int32)
-        else:
-            idx_range = torch.tensor([0, -1], dtype=torch.int32, device=indices.device)
-        parts = [qo_indptr, paged_kv_indptr, paged_kv_last_page_len, idx_range]
-        if any(t.device.type != "cpu" for t in parts):
-            host = torch.cat([t.to(self.device) for t in parts]).cpu().numpy().astype(np.int64)
-        else:
-            host = torch.cat(parts).numpy().astype(np.int64)
-        qo_h = host[: batch + 1]
-        indptr_h = host[batch + 1: 2 * batch + 2]
-        lpl_h = host[2 * batch + 2: 3 * batch + 2]
-        min_page_id, max_page_id = int(host[-2]), int(host[-1])
-        num_pages = np.diff(indptr_h)
-        if indptr_h[0] != 0 or (num_pages < 0).any():
-            raise ValueError("paged_kv_indptr: expected a non-decreasing CSR offset array starting at 0")
-        if indptr_h[-1] != indices.numel():
-            raise ValueError(f"paged_kv_indices: expected paged_kv_indptr[-1] = {indptr_h[-1]} entries, got "
-                             f"{indices.numel()}")
-        if min_page_id < 0:
-            raise ValueError(f"paged_kv_indices: page ids must be non-negative, got {min_page_id}")
-        has_pages = num_pages > 0
-        if ((lpl_h < 1) & has_pages).any() or (lpl_h > page_size).any():
-            raise ValueError(f"paged_kv_last_page_len: every entry must be in [1, page_size={page_size}] for a "
-                             f"request with pages")
-        kv_len_h = np.where(has_pages, (num_pages - 1) * page_size + lpl_h, 0)
-        if self._use_cuda_graph and indices.numel() > self._paged_kv_indices_buf.numel():
-            raise ValueError(f"paged_kv_indices: {indices.numel()} page ids exceed paged_kv_indices_buf "
-                             f"({self._paged_kv_indices_buf.numel()})")
-        self._plan_common(qo_h, kv_len_h, indptr_h[:-1], page_size, num_qo_heads, num_kv_heads, head_dim_qk,
-                          head_dim_vo, custom_mask, packed_custom_mask, causal, pos_encoding_mode,
-                          use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta,
-                          q_data_type, kv_data_type, o_data_type, non_blocking, fixed_split_size, disable_split_kv)
+        kv_indices = table.indices
+        if self._use_cuda_graph:
+            n_ids = paged_kv_indices.numel()
+            if n_ids > self._paged_kv_indices_buf.numel():
+                raise ValueError(f"paged_kv_indices: {n_ids} page ids exceed paged_kv_indices_buf "
+                                 f"({self._paged_kv_indices_buf.numel()})")
+        self._plan_common(table.extra[0], table.kv_len, table.indptr[:-1],
+                          self._paged_kv_indices_buf if self._use_cuda_graph else kv_indices, page_size, num_qo_heads,
+                          num_kv_heads, head_dim_qk, head_dim_vo, custom_mask, packed_custom_mask, causal,
+                          pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale, rope_scale,
+                          rope_theta, q_data_type, kv_data_type, o_data_type, non_blocking, fixed_split_size,
+                          disable_split_kv)
         if self._use_cuda_graph:
             self._qo_indptr_buf.copy_(qo_indptr, non_blocking=non_blocking)
             self._paged_kv_indptr_buf.copy_(paged_kv_indptr, non_blocking=non_blocking)
             self._paged_kv_last_page_len_buf.copy_(paged_kv_last_page_len, non_blocking=non_blocking)
-            self._paged_kv_indices_buf[: indices.numel()].copy_(indices, non_blocking=non_blocking)
-            self._kv_indices = self._paged_kv_indices_buf
-        else:
-            self._kv_indices = indices if indices.device == self.device else indices.to(self.device,
-                                                                                       non_blocking=non_blocking)
+            self._paged_kv_indices_buf[: kv_indices.numel()].copy_(kv_indices, non_blocking=non_blocking)
         self._page_size = page_size
-        self._max_page_id = max_page_id
+        self._max_page_id = table.max_page_id
 
     begin_forward = plan
 
@@ -885,6 +748,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
         out : optional ``[qo_indptr[-1], num_qo_heads, head_dim_vo]`` output buffer (o_data_type).
         lse : optional ``[qo_indptr[-1], num_qo_heads]`` float32 buffer (implies returning it).
         window_left : overrides the planned window for this call.
+        sinks : optional float32 ``[num_qo_heads]`` attention-sink logits (gpt-oss): each head's
+            softmax denominator gains ``exp(sink)``; the returned LSE includes it.
 
         Returns
         -------
@@ -894,8 +759,6 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
             raise TypeError("run(): q_scale, k_scale, v_scale, out, lse, ... are keyword-only")
         if enable_pdl:
             raise NotImplementedError("enable_pdl=True: programmatic dependent launch is not available through Triton")
-        if sinks is not None:
-            raise NotImplementedError("sinks: attention sinks are not supported yet")
         if kv_cache_sf is not None:
             raise NotImplementedError("kv_cache_sf: NVFP4 KV is not supported")
         if skip_softmax_threshold_scale_factor is not None:
@@ -903,15 +766,15 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
         if window_left is not None and (not isinstance(window_left, int) or isinstance(window_left, bool)):
             raise TypeError(f"window_left: expected an int or None, got {type(window_left).__name__}")
         kv = unpack_paged_kv_cache(paged_kv_cache, self._kv_layout)
-        if self._planned:
+        if self._planned is not None:
             if kv.page_size != self._page_size:
                 raise ValueError(f"paged_kv_cache: expected page_size {self._page_size} (planned) in {self._kv_layout} "
                                  f"layout, got shape {tuple(kv.k.shape)} per K/V")
-            if self._max_page_id >= kv.num_pages:
+            if self._max_page_id is not None and self._max_page_id >= kv.num_pages:
                 raise ValueError(f"paged_kv_indices: page id {self._max_page_id} is out of range for a cache of "
                                  f"{kv.num_pages} pages")
-        return self._run_common(q, kv, self._kv_indices if self._planned else None, out, lse, return_lse, q_scale,
-                                k_scale, v_scale, window_left, "paged_kv_cache")
+        return self._run_common(q, kv, out, lse, return_lse, q_scale, k_scale, v_scale, window_left, sinks,
+                                "paged_kv_cache")
 
     forward = run
 

@@ -21,7 +21,7 @@ def _workspace():
 
 
 def _gen():
-    return torch.Generator().manual_seed(torch.seed() % (1 << 31))
+    return torch.Generator().manual_seed(torch.initial_seed())
 
 
 def _i32(values):
@@ -223,9 +223,9 @@ def test_one_level_is_plain_batch_prefill():
 def test_level0_plan_splits_long_shared_kv_and_uses_prefill_tiles():
     """Plan only: the one-request level 0 is cut into KV chunks spread over the GPU, with the
     many-row block shape (tiles of several queries), while the decode level keeps the decode shape."""
-    from flashinfer_triton.kernels.attention import decode_block_config
+    from flashinfer_triton.attention.device import device_info
 
-    batch, page_size, hq, hkv, d = 64, 16, 32, 8, 128
+    batch, page_size, hq, hkv, d = 8, 16, 32, 8, 128  # one tile of level-0 rows: too few programs alone
     prefix_pages = 512  # 8192 tokens
     levels = (
         [_i32([0, batch]), _i32(list(range(batch + 1)))],
@@ -235,13 +235,12 @@ def test_level0_plan_splits_long_shared_kv_and_uses_prefill_tiles():
     )
     w = flashinfer.MultiLevelCascadeAttentionWrapper(2, torch.empty(256 << 20, dtype=torch.uint8, device=DEVICE))
     w.plan(*levels, hq, hkv, d, page_size, q_data_type=torch.float16)
-    lvl0, lvl1 = w._batch_prefill_wrappers
-    p0 = lvl0._params
-    assert p0.block_m > decode_block_config(hq // hkv, d)[0], "level 0 should use the many-row prefill tiles"
-    tiles = -(-batch // p0.tile_q)
-    assert lvl0._plan.chunk_size > 0 and lvl0._plan.num_items >= 4 * tiles, "level 0's long KV must be split"
-    assert lvl0._plan.num_items * hkv >= 132, "level 0 should fill the GPU"
-    assert lvl1._params.block_m == decode_block_config(hq // hkv, d)[0]
+    lvl0, lvl1 = (lw.planned for lw in w._batch_prefill_wrappers)
+    assert not lvl0.cfg.decode, "level 0 should use the many-row prefill tiles"
+    tiles = -(-batch // (lvl0.cfg.block_m // (hq // hkv)))
+    assert lvl0.plan.chunk_size > 0 and lvl0.plan.num_items >= 4 * tiles, "level 0's long KV must be split"
+    assert lvl0.plan.num_items * hkv >= device_info(DEVICE).compute_units, "level 0 should fill the GPU"
+    assert lvl1.cfg.decode, "the per-request level keeps the decode block shape"
 
 
 # ---------------------------------------------------------------------------------------------- CUDA-graph mode

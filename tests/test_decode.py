@@ -44,7 +44,7 @@ CASES = [
 @pytest.mark.parametrize("dtype", LOW_DTYPES, ids=str)
 @pytest.mark.parametrize("layout,page_size,hq,hkv,d", CASES)
 def test_batch_decode_matches_reference(dtype, layout, page_size, hq, hkv, d):
-    gen = torch.Generator().manual_seed(torch.seed() % (1 << 31))
+    gen = torch.Generator().manual_seed(torch.initial_seed())
     batch = gpu_or_cpu(5, 33)
     kv_lens = _kv_lens(batch, gpu_or_cpu(70, 3000), page_size, gen)
     cache, indptr, indices, last, ks, vs = build_paged_cache(kv_lens, page_size, hkv, d, dtype, DEVICE, layout, generator=gen)
@@ -74,7 +74,7 @@ OPTIONS = [
 @pytest.mark.parametrize("opts", OPTIONS)
 def test_batch_decode_options(opts):
     dtype = LOW_DTYPES[0]
-    gen = torch.Generator().manual_seed(torch.seed() % (1 << 31))
+    gen = torch.Generator().manual_seed(torch.initial_seed())
     page_size, hq, hkv, d = 16, 8, 2, 64
     kv_lens = _kv_lens(gpu_or_cpu(4, 17), gpu_or_cpu(90, 2000), page_size, gen)
     cache, indptr, indices, last, ks, vs = build_paged_cache(kv_lens, page_size, hkv, d, dtype, DEVICE, generator=gen)
@@ -90,7 +90,7 @@ def test_split_kv_batch_invariant_and_tuple_cache():
     """A fixed split size gives results independent of the rest of the batch (bit-equal to
     per-request runs); the (k, v) tuple form gives the same answer as the 5-D tensor."""
     dtype = LOW_DTYPES[0]
-    gen = torch.Generator().manual_seed(torch.seed() % (1 << 31))
+    gen = torch.Generator().manual_seed(torch.initial_seed())
     page_size, hq, hkv, d = 4, 4, 2, 64
     kv_lens = _kv_lens(gpu_or_cpu(4, 9), gpu_or_cpu(150, 5000), page_size, gen)
     cache, indptr, indices, last, ks, vs = build_paged_cache(kv_lens, page_size, hkv, d, dtype, DEVICE, generator=gen)
@@ -98,7 +98,7 @@ def test_split_kv_batch_invariant_and_tuple_cache():
     split = gpu_or_cpu(64, 512) // page_size  # pages, FlashInfer's unit
     w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace())
     w.plan(indptr, indices, last, hq, hkv, d, page_size, q_data_type=dtype, fixed_split_size=split)
-    assert w._plan.num_merge_rows > 0, "the test must exercise the split/merge path"
+    assert w.planned.plan.num_split_requests > 0, "the test must exercise the split/merge path"
     out = poisoned((len(kv_lens), hq, d), dtype)
     lse = poisoned((len(kv_lens), hq), torch.float32)
     res = w.run(q, cache, out=out, lse=lse)
@@ -117,19 +117,38 @@ def test_split_kv_batch_invariant_and_tuple_cache():
         assert torch.equal(li[0], lse[i])
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["unsplit", "split"])
+def test_attention_sinks(split):
+    """sinks=: a per-head logit in every row's softmax denominator (gpt-oss); the LSE includes it.
+    Split requests apply it once, after the in-kernel merge."""
+    dtype = LOW_DTYPES[0]
+    gen = torch.Generator().manual_seed(torch.initial_seed())
+    page_size, hq, hkv, d = 4, 4, 2, 64
+    kv_lens = _kv_lens(gpu_or_cpu(4, 9), gpu_or_cpu(150, 5000), page_size, gen)
+    cache, indptr, indices, last, ks, vs = build_paged_cache(kv_lens, page_size, hkv, d, dtype, DEVICE, generator=gen)
+    q = torch.randn(len(kv_lens), hq, d, generator=gen).to(dtype).to(DEVICE)
+    sinks = (torch.randn(hq, generator=gen) * 2).to(DEVICE)
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace())
+    w.plan(indptr, indices, last, hq, hkv, d, page_size, q_data_type=dtype,
+           fixed_split_size=(gpu_or_cpu(32, 512) // page_size) if split else None, disable_split_kv=not split)
+    assert (w.planned.plan.num_split_requests > 0) == split
+    out, lse = w.run(q, cache, return_lse=True, sinks=sinks)
+    _check_decode(out, lse, q, ks, vs, dtype, sinks=sinks)
+
+
 def test_split_and_unsplit_agree():
     dtype = LOW_DTYPES[0]
-    gen = torch.Generator().manual_seed(torch.seed() % (1 << 31))
+    gen = torch.Generator().manual_seed(torch.initial_seed())
     kv_lens = [gpu_or_cpu(300, 30000), 3]
     cache, indptr, indices, last, ks, vs = build_paged_cache(kv_lens, 16, 1, 128, dtype, DEVICE, generator=gen)
     q = torch.randn(2, 4, 128, generator=gen).to(dtype).to(DEVICE)
     w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace())
     w.plan(indptr, indices, last, 4, 1, 128, 16, q_data_type=dtype)
-    assert w._plan.chunk_size > 0, "a long request in a small batch should be split by default"
+    assert w.planned.plan.chunk_size > 0, "a long request in a small batch should be split by default"
     out, lse = w.run(q, cache, return_lse=True)
     _check_decode(out, lse, q, ks, vs, dtype)
     w.plan(indptr, indices, last, 4, 1, 128, 16, q_data_type=dtype, disable_split_kv=True)
-    assert w._plan.chunk_size == 0
+    assert w.planned.plan.chunk_size == 0
     out2, lse2 = w.run(q, cache, return_lse=True)
     _check_decode(out2, lse2, q, ks, vs, dtype)
 
@@ -137,7 +156,7 @@ def test_split_and_unsplit_agree():
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 def test_single_decode(layout):
     dtype = LOW_DTYPES[0]
-    gen = torch.Generator().manual_seed(torch.seed() % (1 << 31))
+    gen = torch.Generator().manual_seed(torch.initial_seed())
     kv_len, hq, hkv, d = gpu_or_cpu(77, 9000), 8, 2, 128
     k = torch.randn(kv_len, hkv, d, generator=gen).to(dtype).to(DEVICE)
     v = torch.randn(kv_len, hkv, d, generator=gen).to(dtype).to(DEVICE)

@@ -129,13 +129,13 @@ def test_merge_errors():
 
 def test_merge_compile_and_opcheck():
     """The torch.library ops: fake impls and schemas (opcheck), and a fullgraph trace through them."""
-    from flashinfer_triton import cascade
+    from flashinfer_triton.attention import merge as cascade
 
     v, s = _states(3, 3, 2, 16, torch.float32, empty_frac=0.0)
-    torch.library.opcheck(cascade._merge_states_op, (v, s), test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(cascade._merge_state_op, (v[:, 0], s[:, 0], v[:, 1], s[:, 1]), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(cascade.merge_states_op, (v, s), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(cascade.merge_state_op, (v[:, 0], s[:, 0], v[:, 1], s[:, 1]), test_utils=("test_schema", "test_faketensor"))
     vi, si = v[:, 0].clone(), s[:, 0].clone()
-    torch.library.opcheck(cascade._merge_state_in_place_op, (vi, si, v[:, 1], s[:, 1], None),
+    torch.library.opcheck(cascade.merge_state_in_place_op, (vi, si, v[:, 1], s[:, 1], None),
                           test_utils=("test_schema", "test_faketensor"))
 
     def f(v, s, va, sa):

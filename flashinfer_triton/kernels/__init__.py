@@ -1,8 +1,10 @@
 """@triton.jit kernels only; one module per kernel family.
 
 Every module that holds kernels defines ``aot_configs() -> list[AotConfig]``: each kernel with every
-constexpr configuration its launcher can pick. ``tests/test_aot_compile.py`` compiles all of them
-for ``cuda:90`` (H100) and ``hip:gfx942`` (MI300X) on a CPU-only machine.
+constexpr configuration its launcher can pick (or a covering set of them, as the attention family
+documents). ``tests/test_aot_compile.py`` compiles all of them for ``cuda:90`` (H100/H200) and
+``hip:gfx942`` (MI300X), and a spot set (every value of every constexpr and type at least once)
+for ``cuda:80`` (A100) and ``hip:gfx950`` (MI355X), on a CPU-only machine.
 """
 
 import importlib
@@ -33,6 +35,7 @@ TORCH_TO_TRITON = {
     "torch.bfloat16": "bf16",
     "torch.float32": "fp32",
     "torch.float8_e4m3fn": "fp8e4nv",
+    "torch.float8_e5m2": "fp8e5",
     "torch.int32": "i32",
     "torch.int64": "i64",
     "torch.uint8": "u8",

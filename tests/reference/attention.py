@@ -50,10 +50,12 @@ def attention_ref(
     rope_scale: float = 1.0,
     rope_theta: float = 1e4,
     custom_mask: Optional[torch.Tensor] = None,
+    sinks: Optional[torch.Tensor] = None,
     compute_dtype: torch.dtype = torch.float64,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One request. q [L, Hq, D], k [K, Hkv, D], v [K, Hkv, Dv]; custom_mask bool [L, K].
-    Returns out [L, Hq, Dv] and lse [L, Hq] (base 2), both in ``compute_dtype``."""
+    """One request. q [L, Hq, D], k [K, Hkv, D], v [K, Hkv, Dv]; custom_mask bool [L, K]; sinks
+    [Hq]: a learned logit per head (natural units) joining every row's softmax with a zero value.
+    Returns out [L, Hq, Dv] and lse [L, Hq] (base 2, the sink included), in ``compute_dtype``."""
     L, hq, d = q.shape
     K, hkv, _ = k.shape
     g = hq // hkv
@@ -84,6 +86,9 @@ def attention_ref(
     if custom_mask is not None:
         keep &= custom_mask.to(q.device)
     s = s.masked_fill(~keep[None], float("-inf"))
+    if sinks is not None:
+        s = torch.cat([s, sinks.to(cd).to(s.device)[:, None, None].expand(hq, L, 1)], dim=-1)
+        v = torch.cat([v, torch.zeros_like(v[:1])], dim=0)
     lse = torch.logsumexp(s, dim=-1) * LOG2E  # [hq, L], in the compute precision
     p = torch.softmax(s, dim=-1)
     p = torch.nan_to_num(p, nan=0.0)  # fully masked rows: output 0, lse -inf

@@ -1,0 +1,151 @@
+"""Launch configuration: one function of (problem, batch shape, device), tables per device family.
+
+``select_config`` is the only place a block shape, warp count, pipeline depth or split threshold
+is chosen. Each ``DeviceTable`` names the committed sweep its numbers come from
+(``benchmarks/results/tune/``) or says that they are architecture defaults not yet measured; the
+AOT tier compiles every configuration these tables can produce for every target
+(``coverage.py``), and a test fails if a launcher could pick one outside that set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import torch
+import triton
+
+from .device import DeviceInfo
+from .options import AttentionOptions
+
+FP32_BLOCK_N = 16  # KV block for float32 operands (one stage): fits MI300X's 64 KB LDS
+GATHER_PAGE_SIZES = (8, 16, 32, 64, 128)  # constexpr page sizes of the page-granular gather
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class SplitPolicy:
+    """Split-KV thresholds (see ``scheduler.choose_chunk``)."""
+
+    programs_per_cu: int       # chunks sized so the batch makes this many programs per compute unit
+    fill_programs_per_cu: int  # split when the unsplit grid has fewer programs than this per compute unit
+    min_chunk_tokens: int      # never cut a chunk smaller than this
+    skew_factor: int           # split a GPU-filling batch only if its longest request is this many fair shares
+
+
+@dataclass(frozen=True)
+class DeviceTable:
+    source: str                            # the committed sweep these numbers come from, or why none
+    decode: Dict[int, BlockShape]          # by BLOCK_D; block_m is raised to the GQA group
+    prefill: Dict[int, Tuple[Tuple[int, int, BlockShape], ...]]  # by BLOCK_D: (min max_qo_len, min rows, shape)
+    decode_split: SplitPolicy
+    prefill_split: SplitPolicy
+    page_gather: bool                      # page-granular KV gathers for power-of-two page sizes
+    masked_prefill_max_stages: int         # custom masks / in-kernel RoPE keep more tiles live
+
+
+_HOPPER_SOURCE = ("architecture defaults carried over from the H100 sweeps of sessions before 2026-12 "
+                  "(their outputs were not kept); re-measured by benchmarks/tune_decode.py and tune_prefill.py")
+_HOPPER = DeviceTable(
+    source=_HOPPER_SOURCE,
+    decode={64: BlockShape(16, 128, 4, 2), 128: BlockShape(16, 128, 4, 2), 256: BlockShape(16, 64, 4, 2)},
+    prefill={
+        64: ((0, 0, BlockShape(64, 64, 4, 3)),),
+        128: ((8193, 0, BlockShape(128, 128, 8, 3)), (0, 8192, BlockShape(128, 32, 4, 3)),
+              (0, 0, BlockShape(64, 64, 4, 3))),
+        256: ((0, 0, BlockShape(128, 64, 8, 2)),),
+    },
+    decode_split=SplitPolicy(programs_per_cu=2, fill_programs_per_cu=2, min_chunk_tokens=256, skew_factor=4),
+    prefill_split=SplitPolicy(programs_per_cu=2, fill_programs_per_cu=1, min_chunk_tokens=256, skew_factor=4),
+    page_gather=False,
+    masked_prefill_max_stages=2,
+)
+# MI300X (CDNA3): 64 KB LDS, 64-lane wavefronts. Not measured on an MI300X: the Hopper shapes, which
+# the AOT tier shows fit its LDS.
+_MI300 = DeviceTable(**{**_HOPPER.__dict__, "source": "architecture defaults (Hopper shapes that fit 64 KB LDS); "
+                                                    "not measured on an MI300X"})
+_DEFAULT = DeviceTable(**{**_HOPPER.__dict__, "source": "architecture defaults (Hopper shapes); not measured"})
+
+TABLES: Dict[str, DeviceTable] = {"h200": _HOPPER, "h100": _HOPPER, "hopper": _HOPPER, "mi300": _MI300,
+                                  "default": _DEFAULT}
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    page_size: int       # constexpr page size of the page-granular gather; 0: read at run time
+    merge_block_c: int   # chunks the in-kernel split-KV merge loads at once
+    dot_precision: object  # None for bf16/fp16 operands (the target's default), "ieee" for float32
+    decode: bool         # one tile covers a request's query rows
+
+    @property
+    def launch_key(self):
+        return (self.block_m, self.block_n, self.num_warps, self.num_stages, self.page_size, self.merge_block_c,
+                self.dot_precision)
+
+
+def table_for(device: DeviceInfo) -> DeviceTable:
+    return TABLES.get(device.family, _DEFAULT)
+
+
+def block_d(head_dim: int) -> int:
+    return triton.next_power_of_2(head_dim)
+
+
+def merge_block_c(block_m: int) -> int:
+    """Chunks the in-kernel merge loads per step: about 8K float32 elements of [chunks, rows, 128]
+    partials at once (one memory latency per step; a 1 x 128k decode has ~32 chunks)."""
+    return max(1, 64 // block_m)
+
+
+def is_decode_shape(group: int, max_qo_len: int) -> bool:
+    """One 16-row tile holds every query row of each request: the decode block table applies."""
+    return max_qo_len * group <= 16
+
+
+def select_config(opts: AttentionOptions, device: DeviceInfo, max_qo_len: int, total_rows: int,
+                  page_size: int) -> KernelConfig:
+    """The kernel configuration for a problem (``opts``), the batch's longest query count and total
+    query rows, its page size (paged KV) and the device it runs on."""
+    if opts.kv_dtype == torch.float8_e4m3fn and device.backend == "cuda" and device.arch.isdigit() and int(device.arch) < 89:
+        raise NotImplementedError(f"kv_data_type=float8_e4m3fn: Triton needs compute capability 8.9 or newer for it "
+                                  f"(this device is sm_{device.arch}); use float8_e5m2")
+    table = table_for(device)
+    group = opts.group
+    bd = block_d(max(opts.head_dim, opts.head_dim_vo))
+    decode = is_decode_shape(group, max(max_qo_len, 1))
+    if decode:
+        shape = table.decode[bd]
+        block_m = max(shape.block_m, triton.next_power_of_2(group))
+    else:
+        shape = next(s for min_q, min_rows, s in table.prefill[bd] if max_qo_len >= min_q and total_rows >= min_rows)
+        block_m = max(shape.block_m, triton.next_power_of_2(group))
+    block_n, warps, stages = shape.block_n, shape.num_warps, shape.num_stages
+    if not decode and (opts.custom_mask or opts.pos_enc == 1):
+        stages = min(stages, table.masked_prefill_max_stages)
+    precision = None
+    if opts.q_dtype == torch.float32:
+        # float32 operands (an extension over FlashInfer, for exact references) take twice the
+        # shared memory of bf16: one small shape, one stage (it fits MI300X's 64 KB LDS).
+        if group > 64:
+            raise NotImplementedError(f"q_data_type=float32 with {group} query heads per KV head: float32 supports "
+                                      f"GQA groups up to 64")
+        block_m = 16 if decode else 64
+        block_n, warps, stages, precision = FP32_BLOCK_N, 4, 1, "ieee"
+    gather = page_size if (opts.paged and table.page_gather and page_size in GATHER_PAGE_SIZES) else 0
+    return KernelConfig(block_m, block_n, warps, stages, gather, merge_block_c(block_m), precision, decode)
+
+
+def split_policy(device: DeviceInfo, decode: bool) -> SplitPolicy:
+    table = table_for(device)
+    return table.decode_split if decode else table.prefill_split

@@ -1,0 +1,180 @@
+"""KV views (how the kernel addresses K and V) and the one host-side page-table parser.
+
+Every attention API reads its page table through ``read_page_table``: one device-to-host copy when
+the CSR offsets live on the device (none when they are on the host, as FlashInfer's users pass
+them), checks with errors naming the argument, and per-request KV lengths
+``page_size * (num_pages - 1) + last_page_len``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .._utils import check_int32_index, check_tensor
+from .options import KV_DTYPES
+
+
+@dataclass
+class KVView:
+    """K and V addressed as ``page * stride_p + slot * stride_t + head * stride_h + d`` (ragged KV:
+    page 0, slot = token)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    stride_kp: int
+    stride_kt: int
+    stride_kh: int
+    stride_vp: int
+    stride_vt: int
+    stride_vh: int
+    page_size: int
+    num_kv_heads: int
+    head_dim: int
+    head_dim_vo: int
+    num_pages: int
+
+
+def check_layout(kv_layout: str) -> str:
+    if kv_layout not in ("NHD", "HND"):
+        raise ValueError(f"kv_layout: expected 'NHD' or 'HND', got {kv_layout!r}")
+    return kv_layout
+
+
+def _page_strides(t: torch.Tensor, kv_layout: str):
+    return (t.stride(0), t.stride(1), t.stride(2)) if kv_layout == "NHD" else (t.stride(0), t.stride(2), t.stride(1))
+
+
+def unpack_paged_kv_cache(paged_kv_cache, kv_layout: str, name: str = "paged_kv_cache") -> KVView:
+    """Accept ``[num_pages, 2, page_size, H_kv, D]`` (NHD) / ``[num_pages, 2, H_kv, page_size, D]``
+    (HND), or a ``(k_cache, v_cache)`` tuple of 4-D tensors in the same layout."""
+    if isinstance(paged_kv_cache, (tuple, list)):
+        if len(paged_kv_cache) != 2:
+            raise ValueError(f"{name}: a tuple must be (k_cache, v_cache), got {len(paged_kv_cache)} entries")
+        k, v = paged_kv_cache
+        check_tensor(f"{name}[0] (k_cache)", k, dtypes=KV_DTYPES, ndim=4, last_dim_contiguous=True)
+        check_tensor(f"{name}[1] (v_cache)", v, dtypes=(k.dtype,), ndim=4, device=k.device, last_dim_contiguous=True)
+        if k.shape[:3] != v.shape[:3]:
+            raise ValueError(f"{name}: k_cache {tuple(k.shape)} and v_cache {tuple(v.shape)} differ in pages/heads/slots")
+        kp, kt, kh = _page_strides(k, kv_layout)
+        vp, vt, vh = _page_strides(v, kv_layout)
+    else:
+        check_tensor(name, paged_kv_cache, dtypes=KV_DTYPES, ndim=5, last_dim_contiguous=True)
+        if paged_kv_cache.shape[1] != 2:
+            raise ValueError(f"{name}: expected dimension 1 of size 2 (K and V), got shape {tuple(paged_kv_cache.shape)}")
+        k, v = paged_kv_cache[:, 0], paged_kv_cache[:, 1]
+        kp, kt, kh = _page_strides(k, kv_layout)
+        vp, vt, vh = kp, kt, kh
+    if kv_layout == "NHD":
+        num_pages, page_size, h_kv, d = k.shape
+    else:
+        num_pages, h_kv, page_size, d = k.shape
+    return KVView(k, v, kp, kt, kh, vp, vt, vh, page_size, h_kv, d, v.shape[-1], num_pages)
+
+
+def unpack_ragged_kv(k: torch.Tensor, v: torch.Tensor, kv_layout: str) -> KVView:
+    """Contiguous-token K/V: ``[kv_len, H_kv, D]`` (NHD) or ``[H_kv, kv_len, D]`` (HND)."""
+    check_tensor("k", k, dtypes=KV_DTYPES, ndim=3, last_dim_contiguous=True)
+    check_tensor("v", v, dtypes=(k.dtype,), ndim=3, device=k.device, last_dim_contiguous=True)
+    if kv_layout == "NHD":
+        n, h, d = k.shape
+        kt, kh, vt, vh = k.stride(0), k.stride(1), v.stride(0), v.stride(1)
+        nv, hv = v.shape[0], v.shape[1]
+    else:
+        h, n, d = k.shape
+        kt, kh, vt, vh = k.stride(1), k.stride(0), v.stride(1), v.stride(0)
+        hv, nv = v.shape[0], v.shape[1]
+    if (nv, hv) != (n, h):
+        raise ValueError(f"v: expected {n} tokens and {h} heads like k, got shape {tuple(v.shape)}")
+    return KVView(k, v, 0, kt, kh, 0, vt, vh, 1, h, d, v.shape[-1], 1)
+
+
+def ragged_kv_len(kv: KVView, kv_layout: str) -> int:
+    return kv.k.shape[0] if kv_layout == "NHD" else kv.k.shape[1]
+
+
+def check_page_size(page_size) -> int:
+    if not isinstance(page_size, (int, np.integer)) or isinstance(page_size, bool) or page_size < 1:
+        raise ValueError(f"page_size: expected a positive int, got {page_size!r}")
+    return int(page_size)
+
+
+def host_int64(tensors: Sequence[torch.Tensor]) -> np.ndarray:
+    """Concatenate int32 index tensors on the host as int64: no device work when they already live
+    there, otherwise one device-to-host copy for all of them."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return np.concatenate([t.numpy() for t in tensors]).astype(np.int64) if tensors else np.zeros(0, np.int64)
+    device = next(t.device for t in tensors if t.device.type != "cpu")
+    return torch.cat([t.to(device) for t in tensors]).cpu().numpy().astype(np.int64)
+
+
+def check_csr(name: str, indptr_h: np.ndarray, count: Optional[int] = None, count_name: str = "") -> np.ndarray:
+    """``indptr`` must start at 0, be non-decreasing and end at ``count`` entries; returns the lengths."""
+    lens = np.diff(indptr_h)
+    if indptr_h.shape[0] and (indptr_h[0] != 0 or (lens < 0).any()):
+        raise ValueError(f"{name}: expected a non-decreasing CSR offset array starting at 0")
+    if count is not None and indptr_h.shape[0] and indptr_h[-1] != count:
+        raise ValueError(f"{count_name}: expected {name}[-1] = {indptr_h[-1]} entries, got {count}")
+    return lens
+
+
+@dataclass
+class PageTable:
+    """A page table read to the host: ``indptr`` [B+1], ``kv_len`` and ``last_page_len`` [B] int64
+    numpy arrays, the
+    page ids as an int32 device tensor (contiguous), and any extra arrays read in the same copy."""
+
+    indptr: np.ndarray
+    kv_len: np.ndarray
+    last_page_len: np.ndarray
+    indices: torch.Tensor
+    extra: list
+    max_page_id: Optional[int]  # known when the page ids were read on the host
+    ids: Optional[np.ndarray] = None  # the page ids as int64, when asked for (``read_ids``)
+
+
+def read_page_table(indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, page_size: int,
+                    device: torch.device, names=("indptr", "indices", "last_page_len"),
+                    extra: Sequence[torch.Tensor] = (), read_ids: bool = False) -> PageTable:
+    """Check and read a CSR page table (int32 ``indptr [B+1]``, ``indices [indptr[-1]]``,
+    ``last_page_len [B]``) plus ``extra`` int32 tensors (e.g. ``qo_indptr``), all in one
+    device-to-host copy. ``indices`` may stay on the device and is not read unless it is on the host
+    or ``read_ids`` asks for it (then in the same copy); a strided view of it is made contiguous
+    (the kernel reads it as a dense array)."""
+    n_indptr, n_indices, n_last = names
+    check_int32_index(n_indptr, indptr)
+    batch = indptr.numel() - 1
+    if batch < 0:
+        raise ValueError(f"{n_indptr}: expected at least one entry ([batch_size + 1])")
+    check_int32_index(n_indices, indices)
+    check_int32_index(n_last, last_page_len, numel=batch)
+    page_size = check_page_size(page_size)
+    host = host_int64([indptr, last_page_len] + list(extra) + ([indices] if read_ids else []))
+    indptr_h, last_h = host[: batch + 1], host[batch + 1: 2 * batch + 1]
+    extra_h, pos = [], 2 * batch + 1
+    for t in extra:
+        extra_h.append(host[pos: pos + t.numel()])
+        pos += t.numel()
+    num_pages = check_csr(n_indptr, indptr_h, indices.numel(), n_indices)
+    has_pages = num_pages > 0
+    if ((last_h < 1) & has_pages).any() or (last_h > page_size).any() or (last_h < 0).any():
+        raise ValueError(f"{n_last}: every entry must be in [1, page_size={page_size}] for a request with pages "
+                         f"(0 for a request without)")
+    kv_len = np.where(has_pages, (num_pages - 1) * page_size + last_h, 0)
+    max_page_id = ids = None
+    if read_ids or indices.device.type == "cpu":  # free to check here; device page ids are checked in checked mode
+        ids = host[pos:] if read_ids else indices.numpy()
+        if ids.size:
+            if int(ids.min()) < 0:
+                raise ValueError(f"{n_indices}: page ids must be non-negative, got {int(ids.min())}")
+            max_page_id = int(ids.max())
+        else:
+            max_page_id = -1
+    if not indices.is_contiguous():
+        indices = indices.contiguous()
+    if indices.device != device:
+        indices = indices.to(device, non_blocking=True)
+    return PageTable(indptr_h, kv_len, last_h, indices, extra_h, max_page_id, ids if read_ids else None)

@@ -1,0 +1,83 @@
+"""torch.library registration of the attention kernel for torch.compile, with a fake implementation.
+
+Eager run() calls go straight to ``AttentionLauncher`` (a custom-op boundary costs several
+microseconds of host time per call); while ``torch.compile`` traces, the API layer goes through
+``launch_through_op`` so that ``fullgraph=True`` traces with no graph break. The op carries the
+kernel's runtime arguments as tensors / ints / floats in declaration order (``signature.op_kinds``)
+and a ``launch_id`` naming its constexprs and launch options in a process-wide table (content-keyed:
+a re-plan with the same configuration reuses the id, so it does not retrace).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from ..kernels.attention.kernel import attention_kernel
+from .signature import RUNTIME_ARGS, op_kinds
+
+# Outputs and workspace the kernel writes: named op arguments, declared mutated.
+_WRITTEN = ("o_ptr", "lse_ptr", "part_o_ptr", "part_lse_ptr", "merge_counter_ptr")
+_KINDS = op_kinds(RUNTIME_ARGS)
+
+_LAUNCH_IDS: Dict[tuple, int] = {}
+_LAUNCHES: List[Tuple[dict, int, int]] = []
+
+
+def launch_id(constexprs: dict, num_warps: int, num_stages: int) -> int:
+    key = (tuple(constexprs.items()), num_warps, num_stages)
+    if key not in _LAUNCH_IDS:
+        _LAUNCH_IDS[key] = len(_LAUNCHES)
+        _LAUNCHES.append((dict(constexprs), num_warps, num_stages))
+    return _LAUNCH_IDS[key]
+
+
+@torch.library.custom_op("flashinfer_triton::attention", mutates_args=("out", "lse", "part_o", "part_lse", "counters"))
+def attention_op(out: torch.Tensor, lse: torch.Tensor, part_o: torch.Tensor, part_lse: torch.Tensor,
+                 counters: torch.Tensor, inputs: List[torch.Tensor], ints: List[int], floats: List[float],
+                 grid: List[int], launch: int) -> None:
+    written = dict(zip(_WRITTEN, (out, lse, part_o, part_lse, counters)))
+    it_t, it_i, it_f = iter(inputs), iter(ints), iter(floats)
+    args = []
+    for name, kind in zip(RUNTIME_ARGS, _KINDS):
+        if name in written:
+            args.append(written[name])
+        elif kind == "tensor":
+            args.append(next(it_t))
+        elif kind == "int":
+            args.append(next(it_i))
+        else:
+            args.append(next(it_f))
+    constexprs, warps, stages = _LAUNCHES[launch]
+    attention_kernel[tuple(grid)](*args, **constexprs, num_warps=warps, num_stages=stages)
+
+
+@attention_op.register_fake
+def _(out, lse, part_o, part_lse, counters, inputs, ints, floats, grid, launch) -> None:
+    return None
+
+
+def launch_through_op(launcher, q, kv, out, lse: Optional[torch.Tensor], q_scale: float = 1.0, k_scale: float = 1.0,
+                      v_scale: float = 1.0, window_left: Optional[int] = None, sinks=None, params=((), ())) -> None:
+    """``launcher(q, kv, out, lse, ...)`` through the registered op (while torch.compile traces)."""
+    if launcher.grid[0] == 0:
+        return
+    args, cx = launcher.call_args(q, kv, out, lse, q_scale, k_scale, v_scale, window_left, sinks, params)
+    values = dict(zip(RUNTIME_ARGS, args + launcher.plan_args))
+    inputs, ints, floats = [], [], []
+    for name, kind in zip(RUNTIME_ARGS, _KINDS):
+        if name in _WRITTEN:
+            continue
+        (inputs if kind == "tensor" else ints if kind == "int" else floats).append(values[name])
+    attention_op(*(values[n] for n in _WRITTEN), inputs, ints, floats, list(launcher.grid),
+                 launch_id(cx, launcher.cfg.num_warps, launcher.cfg.num_stages))
+
+
+def run_attention(launcher, q, kv, out, lse=None, q_scale: float = 1.0, k_scale: float = 1.0, v_scale: float = 1.0,
+                  window_left: Optional[int] = None, sinks=None, params=((), ())) -> None:
+    """Dispatch: the registered op while torch.compile traces, the direct launcher otherwise."""
+    if torch.compiler.is_compiling():
+        launch_through_op(launcher, q, kv, out, lse, q_scale, k_scale, v_scale, window_left, sinks, params)
+    else:
+        launcher(q, kv, out, lse, q_scale, k_scale, v_scale, window_left, sinks, params)

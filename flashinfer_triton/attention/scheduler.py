@@ -1,0 +1,207 @@
+"""plan(): turn a batch's lengths into a flat, load-balanced work list for the attention kernel.
+
+A work item is ``(request, q tile start, kv chunk start, kv chunk end, chunk index)``; the kernel's
+grid is ``(items, num_kv_heads)``. When the batch has too few programs to fill the GPU, or its
+longest request is several times the fair share of the batch's KV work per program slot, requests
+longer than that fair share (a multiple of the kernel's BLOCK_N) are cut into chunks, so a batch of
+very different lengths (or one long request) becomes equal-sized pieces and no compute unit idles
+behind the longest request. A split request's chunks write float32 partials (v, lse) to the
+workspace and the last chunk program of each tile merges them (``merge_counter`` per tile and KV
+head). A fixed chunk size (``fixed_split_size``) gives results that do not depend on the rest of
+the batch. The split thresholds come from the device's table (``config.SplitPolicy``).
+
+All metadata lives in one int32 host array, copied to the device with one asynchronous copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .config import SplitPolicy
+from .signature import META_FIELDS
+
+ITEM_FIELDS = tuple(f for f in META_FIELDS if f.startswith("item_"))
+REQUEST_FIELDS = tuple(f for f in META_FIELDS if not f.startswith("item_"))
+
+
+@dataclass
+class WorkPlan:
+    num_items: int          # real items
+    grid_items: int         # items the grid is sized for (>= num_items; fixed under CUDA graphs)
+    num_partial_rows: int   # float32 partial rows (each num_qo_heads x head_dim_vo) the split requests write
+    num_counters: int       # merge counters per KV head (one per tile of a split request)
+    num_split_requests: int
+    chunk_size: int         # KV tokens per chunk; 0 when no request is split
+    offsets: Dict[str, Tuple[int, int]]  # field -> (start, length) inside the packed int32 array
+    host: np.ndarray        # packed int32 metadata
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def choose_chunk(total_work: int, max_kv_len: int, num_programs: int, block_n: int, num_kv_heads: int,
+                 num_cus: int, policy: SplitPolicy) -> int:
+    """KV tokens per chunk (0: no split). Split when the unsplit grid (``num_programs`` programs)
+    under-fills the GPU, or when the longest request exceeds ``skew_factor`` fair shares (then it,
+    not throughput, sets the time); chunks are the fair share of ``programs_per_cu`` programs per
+    compute unit, at least ``min_chunk_tokens`` and a multiple of ``block_n``."""
+    if total_work <= 0:
+        return 0
+    target_items = _ceil_div(policy.programs_per_cu * num_cus, num_kv_heads)
+    fair = _ceil_div(total_work, target_items)
+    if num_programs < policy.fill_programs_per_cu * num_cus or max_kv_len > policy.skew_factor * fair:
+        chunk = max(policy.min_chunk_tokens, _ceil_div(fair, block_n) * block_n)
+        return 0 if chunk >= max_kv_len else chunk
+    return 0
+
+
+def max_grid(batch: int, max_tiles: int, num_kv_heads: int, num_cus: int, policy: SplitPolicy,
+             causal: bool) -> int:
+    """Upper bound on the items of any plan with at most ``max_tiles`` tiles over ``batch``
+    requests (CUDA-graph grids are sized with it). A request of ``t`` tiles and ``n`` KV tokens
+    makes ``t * ceil(n / chunk) <= t * n / chunk + t`` items and ``chunk >= fair share``, so the
+    total is at most ``target + max_tiles`` (``2 * target`` with causal tiles, whose work estimate
+    is about half their KV)."""
+    target = _ceil_div(policy.programs_per_cu * num_cus, num_kv_heads)
+    return max(max_tiles, batch) + (2 * target if causal else target)
+
+
+def plan_work(
+    qo_indptr: np.ndarray,
+    kv_len: np.ndarray,
+    kv_begin: np.ndarray,
+    tile_q: int,
+    block_n: int,
+    num_kv_heads: int,
+    num_cus: int,
+    causal: bool,
+    policy: SplitPolicy,
+    disable_split_kv: bool = False,
+    fixed_split_size: Optional[int] = None,
+    pad_items: Optional[int] = None,
+) -> WorkPlan:
+    """Build the work list. ``qo_indptr`` [B+1], ``kv_len`` [B], ``kv_begin`` [B] (first page or
+    token of each request) are int64 numpy arrays; ``fixed_split_size`` is in KV tokens.
+    ``pad_items`` sizes the grid for CUDA-graph replay (padding items carry request -1)."""
+    batch = kv_len.shape[0]
+    qo_len = np.diff(qo_indptr)
+    tiles = np.maximum(_ceil_div(qo_len, tile_q), 0)
+    num_tiles = int(tiles.sum())
+    max_kv = int(kv_len.max(initial=0))
+
+    chunk = 0
+    if fixed_split_size is not None and fixed_split_size > 0:
+        chunk = _ceil_div(int(fixed_split_size), block_n) * block_n
+    elif not disable_split_kv:
+        if causal:  # a causal tile sees a prefix: about half of a long request's KV on average
+            per_tile = np.minimum(kv_len, (kv_len - qo_len) + tile_q * (tiles + 1) // 2).clip(min=0)
+        else:
+            per_tile = kv_len
+        chunk = choose_chunk(int(per_tile.dot(tiles)), max_kv, num_tiles * num_kv_heads, block_n, num_kv_heads,
+                             num_cus, policy)
+
+    if chunk == 0 and num_tiles == batch and (tiles == 1).all():
+        # Fast path (decode-shaped batches): one item per request, nothing split.
+        zeros = np.zeros(batch, dtype=np.int64)
+        arrays = {"item_req": np.arange(batch, dtype=np.int64), "item_q_start": zeros, "item_kv_start": zeros,
+                  "item_kv_end": kv_len, "item_chunk": zeros, "part_base": np.full(batch, -1, dtype=np.int64),
+                  "num_chunks": np.ones(batch, dtype=np.int64), "counter_base": zeros}
+        num_items, rows, counters, n_split = batch, 0, 0, 0
+    else:
+        n_chunks = np.maximum(_ceil_div(kv_len, chunk), 1) if chunk > 0 else np.ones(batch, dtype=np.int64)
+        split = n_chunks > 1
+        # Items: for each request, tiles x chunks (chunk-major inside a request keeps KV reuse local).
+        per_req = tiles * n_chunks
+        num_items = int(per_req.sum())
+        ends = np.cumsum(per_req)
+        item_req = np.repeat(np.arange(batch, dtype=np.int64), per_req)
+        local = np.arange(num_items, dtype=np.int64) - (ends - per_req)[item_req]
+        nch = n_chunks[item_req]
+        item_chunk = local % nch
+        item_q_start = (local // nch) * tile_q
+        item_kv_start = item_chunk * chunk
+        item_kv_end = np.minimum(item_kv_start + chunk, kv_len[item_req]) if chunk > 0 else kv_len[item_req]
+        if causal and num_items > 1:
+            # Longest-first: a causal tile's work grows with its position; starting the heavy tiles
+            # first keeps them off the tail of the launch.
+            q_last = np.minimum(item_q_start + tile_q, qo_len[item_req]) + (kv_len - qo_len)[item_req]
+            order = np.argsort(-(np.minimum(item_kv_end, q_last) - item_kv_start), kind="stable")
+            item_req, item_q_start, item_chunk = item_req[order], item_q_start[order], item_chunk[order]
+            item_kv_start, item_kv_end = item_kv_start[order], item_kv_end[order]
+        # Partials: request b's rows start at part_base[b], chunk c's at + c * qo_len[b].
+        part_rows = np.where(split, n_chunks * qo_len, 0)
+        part_base = np.where(split, np.cumsum(part_rows) - part_rows, -1)
+        split_tiles = np.where(split, tiles, 0)
+        counter_base = np.cumsum(split_tiles) - split_tiles
+        arrays = {"item_req": item_req, "item_q_start": item_q_start, "item_kv_start": item_kv_start,
+                  "item_kv_end": item_kv_end, "item_chunk": item_chunk, "part_base": part_base,
+                  "num_chunks": n_chunks, "counter_base": counter_base}
+        rows, counters, n_split = int(part_rows.sum()), int(split_tiles.sum()), int(split.sum())
+    arrays.update(qo_indptr=qo_indptr, kv_begin=kv_begin, kv_len=kv_len)
+
+    grid_items = num_items
+    if pad_items is not None:
+        if num_items > pad_items:
+            raise ValueError(f"plan: this batch needs {num_items} work items, more than the {pad_items} the CUDA graph "
+                             "was sized for; create the wrapper with larger buffers or a larger fixed_split_size")
+        grid_items = pad_items
+    return _pack(arrays, num_items, grid_items, rows, counters, n_split, chunk)
+
+
+def _pack(arrays, num_items, grid_items, rows, counters, n_split, chunk) -> WorkPlan:
+    offsets = {}
+    pos = 0
+    for name in META_FIELDS:
+        n = grid_items if name in ITEM_FIELDS else arrays[name].shape[0]
+        offsets[name] = (pos, n)
+        pos += _ceil_div(max(n, 1), 4) * 4  # 16-byte aligned fields: pointer alignment never changes
+    host = np.empty(pos, dtype=np.int32)
+    for name in META_FIELDS:
+        start, n = offsets[name]
+        a = arrays[name]
+        host[start:start + a.shape[0]] = a
+        if n > a.shape[0]:  # padding items of a CUDA-graph grid: request -1 means "exit"
+            host[start + a.shape[0]:start + n] = -1 if name == "item_req" else 0
+    return WorkPlan(num_items, grid_items, rows, counters, n_split, chunk, offsets, host)
+
+
+class DeviceMetadata:
+    """Device copy of a WorkPlan's packed array, with a named view per field. Under CUDA graphs the
+    device buffer is allocated once and refilled in place, so captured kernels see new plans."""
+
+    def __init__(self, device: torch.device, fixed: bool):
+        self.device = device
+        self.fixed = fixed
+        self.buffer: Optional[torch.Tensor] = None
+        self.pinned: Optional[torch.Tensor] = None
+        self.views: Dict[str, torch.Tensor] = {}
+        self._layout = None
+        self._copied = None
+
+    def upload(self, plan: WorkPlan, non_blocking: bool = True) -> Dict[str, torch.Tensor]:
+        n = plan.host.shape[0]
+        if self.fixed and self._layout is not None and self._layout != plan.offsets:
+            raise ValueError("plan: under CUDA graphs a new plan must keep the batch size and buffer sizes "
+                             "of the captured one")
+        if self.buffer is None or self.buffer.numel() < n:
+            self.buffer = torch.empty(n, dtype=torch.int32, device=self.device)
+            self.pinned = torch.empty(n, dtype=torch.int32, pin_memory=self.device.type == "cuda")
+        if self._copied is not None:
+            self._copied.synchronize()  # the previous async copy may still read the pinned buffer
+        pinned = self.pinned[:n]
+        pinned.numpy()[:] = plan.host
+        async_copy = non_blocking and self.device.type == "cuda"
+        self.buffer[:n].copy_(pinned, non_blocking=async_copy)
+        if async_copy:
+            if self._copied is None:
+                self._copied = torch.cuda.Event()
+            self._copied.record()
+        if self._layout != plan.offsets:
+            self.views = {name: self.buffer[s:s + max(length, 1)] for name, (s, length) in plan.offsets.items()}
+            self._layout = plan.offsets
+        return self.views

@@ -1,0 +1,136 @@
+"""CPU unit tests of the work-list scheduler (no kernel runs): properties that must hold for any
+batch. Every KV token of every query tile is visited exactly once; chunks are BLOCK_N-aligned,
+balanced and at least the policy's minimum; partial rows and merge counters of split requests are
+disjoint and inside the plan's totals; CUDA-graph grids are never exceeded (``max_grid``)."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flashinfer_triton.attention.config import SplitPolicy
+from flashinfer_triton.attention.scheduler import ITEM_FIELDS, choose_chunk, max_grid, plan_work
+
+POLICIES = [SplitPolicy(2, 2, 256, 4), SplitPolicy(2, 1, 64, 4), SplitPolicy(1, 1, 16, 2)]
+
+
+def unpack(plan):
+    out = {}
+    for name, (start, n) in plan.offsets.items():
+        out[name] = plan.host[start:start + n].astype(np.int64)
+    return out
+
+
+def check_plan(plan, qo_lens, kv_lens, tile_q, block_n, causal, fixed=None):
+    f = unpack(plan)
+    batch = len(kv_lens)
+    qo_indptr = np.concatenate([[0], np.cumsum(qo_lens)])
+    assert (f["qo_indptr"] == qo_indptr).all() and (f["kv_len"] == kv_lens).all()
+    items = [i for i in range(plan.grid_items) if f["item_req"][i] >= 0]
+    assert len(items) == plan.num_items
+    assert (f["item_req"][plan.num_items:] == -1).all(), "padding items must carry request -1"
+    if plan.chunk_size:
+        assert plan.chunk_size % block_n == 0
+        if fixed:
+            assert plan.chunk_size == -(-fixed // block_n) * block_n
+    covered = {}
+    for i in items:
+        b, q0 = int(f["item_req"][i]), int(f["item_q_start"][i])
+        lo, hi = int(f["item_kv_start"][i]), int(f["item_kv_end"][i])
+        assert q0 % tile_q == 0 and 0 <= q0 < qo_lens[b]
+        assert 0 <= lo <= hi <= kv_lens[b] and lo % block_n == 0
+        if plan.chunk_size:
+            assert hi - lo <= plan.chunk_size
+        covered.setdefault((b, q0), []).append((lo, hi, int(f["item_chunk"][i])))
+    for b in range(batch):
+        tiles = -(-qo_lens[b] // tile_q)
+        for t in range(tiles):
+            chunks = sorted(covered.get((b, t * tile_q), []))
+            assert chunks, f"request {b} tile {t} has no item"
+            # The chunks of a tile tile [0, kv_len) exactly, in chunk order.
+            assert chunks[0][0] == 0 and chunks[-1][1] == kv_lens[b]
+            assert all(a[1] == c[0] for a, c in zip(chunks, chunks[1:]))
+            assert [c[2] for c in chunks] == list(range(len(chunks)))
+            assert len(chunks) == f["num_chunks"][b]
+        assert sum(1 for k in covered if k[0] == b) == tiles
+    # Split requests: disjoint partial-row ranges and merge-counter ranges, inside the totals.
+    rows, counters = [], []
+    for b in range(batch):
+        if f["part_base"][b] >= 0:
+            assert f["num_chunks"][b] > 1
+            rows.append((f["part_base"][b], f["part_base"][b] + f["num_chunks"][b] * qo_lens[b]))
+            counters.append((f["counter_base"][b], f["counter_base"][b] + -(-qo_lens[b] // tile_q)))
+        else:
+            assert f["num_chunks"][b] == 1 or qo_lens[b] == 0
+    for spans, total in ((rows, plan.num_partial_rows), (counters, plan.num_counters)):
+        spans.sort()
+        assert all(a[1] <= c[0] for a, c in zip(spans, spans[1:]))
+        assert not spans or spans[-1][1] <= total
+    assert plan.num_split_requests == len(rows)
+    if causal and plan.num_items > 1:
+        f_q_last = np.minimum(f["item_q_start"] + tile_q, qo_indptr[1:][f["item_req"]] - qo_indptr[:-1][f["item_req"]])
+        work = [min(f["item_kv_end"][i], f_q_last[i] + kv_lens[f["item_req"][i]] - qo_lens[f["item_req"][i]])
+                - f["item_kv_start"][i] for i in items]
+        assert all(a >= c for a, c in zip(work, work[1:])), "causal items must run longest first"
+
+
+batches = st.integers(1, 24).flatmap(lambda b: st.tuples(
+    st.lists(st.integers(0, 70), min_size=b, max_size=b),
+    st.lists(st.sampled_from([0, 1, 2, 15, 16, 17, 100, 255, 256, 257, 1000, 4096, 20000]), min_size=b, max_size=b)))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(batches, st.sampled_from([1, 4, 16, 32]), st.sampled_from([16, 64, 128]), st.booleans(),
+       st.sampled_from([1, 8, 132]), st.sampled_from([1, 8]), st.sampled_from(range(len(POLICIES))),
+       st.sampled_from([None, 0, 1, 100, 512]), st.booleans())
+def test_plan_properties(batch, tile_q, block_n, causal, num_cus, heads, policy, fixed, disable):
+    qo_lens, kv_lens = (np.array(x, dtype=np.int64) for x in batch)
+    if causal:  # causal prefill needs qo_len <= kv_len
+        qo_lens = np.minimum(qo_lens, kv_lens)
+    qo_indptr = np.concatenate([[0], np.cumsum(qo_lens)])
+    kv_begin = np.concatenate([[0], np.cumsum(kv_lens)[:-1]])
+    plan = plan_work(qo_indptr, kv_lens, kv_begin, tile_q, block_n, heads, num_cus, causal, POLICIES[policy],
+                     disable_split_kv=disable, fixed_split_size=fixed)
+    check_plan(plan, qo_lens, kv_lens, tile_q, block_n, causal, fixed if fixed else None)
+    if not fixed:
+        if disable:
+            assert plan.chunk_size == 0
+        else:
+            bound = max_grid(len(kv_lens), int((-(-qo_lens // tile_q)).sum()), heads, num_cus, POLICIES[policy], causal)
+            assert plan.num_items <= bound, "a CUDA-graph grid sized by max_grid would overflow"
+            padded = plan_work(qo_indptr, kv_lens, kv_begin, tile_q, block_n, heads, num_cus, causal,
+                               POLICIES[policy], pad_items=bound)
+            check_plan(padded, qo_lens, kv_lens, tile_q, block_n, causal)
+
+
+def test_chunks_are_balanced_and_fill_the_gpu():
+    # One long request in a small batch: split into chunks of about the fair share.
+    policy = SplitPolicy(2, 2, 256, 4)
+    kv = np.array([131072], dtype=np.int64)
+    plan = plan_work(np.array([0, 1]), kv, np.zeros(1, np.int64), 1, 128, 8, 132, False, policy)
+    target = -(-2 * 132 // 8)
+    assert plan.chunk_size > 0 and 0.9 * target <= plan.num_items <= target + 1
+    # A batch that fills the GPU with even lengths is not split.
+    kv = np.full(512, 4096, dtype=np.int64)
+    plan = plan_work(np.arange(513), kv, np.zeros(512, np.int64), 1, 128, 8, 132, False, policy)
+    assert plan.chunk_size == 0 and plan.num_items == 512
+    # ... unless one request is many fair shares long (skew).
+    kv[0] = 400000
+    plan = plan_work(np.arange(513), kv, np.zeros(512, np.int64), 1, 128, 8, 132, False, policy)
+    assert plan.chunk_size > 0
+
+
+def test_choose_chunk_respects_minimum_and_skips_useless_splits():
+    policy = SplitPolicy(2, 2, 256, 4)
+    assert choose_chunk(0, 0, 1, 128, 8, 132, policy) == 0
+    assert choose_chunk(200, 200, 8, 128, 8, 132, policy) == 0  # one minimum chunk would hold it all
+    assert choose_chunk(4096, 4096, 8, 128, 8, 132, policy) == 256
+
+
+def test_graph_padding_fields_and_overflow():
+    policy = SplitPolicy(2, 2, 256, 4)
+    kv = np.array([5, 9], dtype=np.int64)
+    plan = plan_work(np.arange(3), kv, np.zeros(2, np.int64), 1, 16, 1, 4, False, policy, pad_items=10)
+    assert plan.grid_items == 10 and all(plan.offsets[f][1] == 10 for f in ITEM_FIELDS)
+    with pytest.raises(ValueError, match="CUDA graph"):
+        plan_work(np.arange(3), kv, np.zeros(2, np.int64), 1, 16, 1, 4, False, policy, pad_items=1)
