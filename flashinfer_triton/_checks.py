@@ -277,7 +277,7 @@ def check_positions(name: str, positions: torch.Tensor, batch_indices: torch.Ten
     pages = (kv_indptr[1:] - kv_indptr[:-1]).to(torch.int64)
     seq = torch.where(pages > 0, (pages - 1) * page_size + kv_last_page_len.to(torch.int64), torch.zeros_like(pages))
     b = batch_indices.to(torch.int64)
-    seq_b = seq[b]
+    seq_b = seq.index_select(0, b)
     p = positions.to(torch.int64)
     bad = (p < 0) | (p >= seq_b)
 

@@ -158,9 +158,8 @@ def _launch_rope(
             pos = pos.unsqueeze(-1).view(torch.int32)[:, 0]
             pos_stride *= 2
     in_place = q_out.data_ptr() == q.data_ptr() and k_out.data_ptr() == k.data_ptr()
-    key = (q.dtype, q.device, mode, interleave, in_place, rotary_dim, q.shape[1], k.shape[1], q.shape[2],
-           q.stride(0), q.stride(1), k.stride(0), k.stride(1), q_out.stride(0), q_out.stride(1),
-           k_out.stride(0), k_out.stride(1), pos_stride,
+    key = (q.dtype, q.device, mode, interleave, in_place, rotary_dim, q.shape[1:], k.shape[1],
+           q.stride(), k.stride(), q_out.stride(), k_out.stride(), pos_stride,
            None if cache is None else (cache.stride(0), cache.shape[0]), rope_scale, rope_theta, smooth_a, smooth_b)
     plan = _PLANS.get(key)
     if plan is None:
