@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-CPU_DEPS := torch==2.13.0 triton==3.9.0 numpy pytest pytest-xdist matplotlib
+CPU_DEPS := torch==2.13.0 triton==3.9.0 numpy pytest pytest-xdist matplotlib hypothesis
 HAS_GPU := $(shell $(PY) -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1 && echo 1)
 
 .PHONY: demo test test-interpret test-aot test-gpu bench venv clean

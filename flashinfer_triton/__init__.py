@@ -7,6 +7,8 @@ Public names only; each block is one API module.
 
 __version__ = "0.1.0"
 
+from ._checks import checked  # noqa: F401  (checked mode: value checks before launch)
+
 # attention: decode
 from .decode import (  # noqa: F401
     BatchDecodeWithPagedKVCacheWrapper,

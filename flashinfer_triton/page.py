@@ -14,7 +14,9 @@ from typing import Tuple, Union
 import torch
 import triton
 
-from ._utils import check_int32_index, check_tensor, interpreter_active
+from . import _checks
+from ._checks import INT32_64, index_tensor
+from ._utils import check_tensor, interpreter_active
 from .kernels import page as _k
 
 __all__ = ["append_paged_kv_cache", "get_batch_indices_positions", "get_seq_lens"]
@@ -88,7 +90,7 @@ def _launch_append(append_key, append_value, batch_indices, positions, k_cache, 
     grid = (nnz, triton.cdiv(num_heads, block_h))
     _k.append_paged_kv_cache_kernel[grid](
         append_key, append_value, batch_indices, positions, k_cache, v_cache, kv_indices, kv_indptr,
-        page_size, num_heads, head_dim,
+        page_size, num_heads, head_dim, kv_indptr.numel() - 1, kv_indices.numel(), k_cache.shape[0],
         append_key.stride(0), append_key.stride(1), append_value.stride(0), append_value.stride(1),
         *s_kc, *s_vc,
         BLOCK_H=block_h, BLOCK_D=block_d, num_warps=_k.APPEND_NUM_WARPS,
@@ -162,7 +164,17 @@ def append_paged_kv_cache(
 
     Note
     ----
-    The page table must already include the appended rows (space allocated beforehand).
+    The page table must already include the appended rows (space allocated beforehand). The
+    index tensors must be contiguous (a strided view raises, as in FlashInfer).
+
+    Bad values: FlashInfer does not check them, and a row with an out-of-range
+    ``batch_indices``/``positions``/page id writes into another request's pages or outside the
+    cache. Here such a row is dropped instead (the kernel writes only a slot inside its own
+    request's pages and the cache), and in checked mode (``flashinfer_triton.checked()``,
+    ``FLASHINFER_TRITON_CHECKED=1``) the call raises ``ValueError`` naming the argument and the
+    first bad element: ``batch_indices`` in ``[0, batch_size)``, ``positions`` below each
+    request's length, a well-formed ``kv_indptr``, ``kv_last_page_len`` in ``[1, page_size]``,
+    page ids in ``[0, max_num_pages)``.
     """
     _check_kv_layout(kv_layout)
     k_cache, v_cache = _unpack_paged_kv_cache(paged_kv_cache, kv_layout)
@@ -204,13 +216,15 @@ def append_paged_kv_cache(
         raise ValueError("paged_kv_cache: page_size must be at least 1")
     if _k.append_blocks(head_dim) is None:
         raise NotImplementedError(f"head_dim={head_dim}: at most {_k.APPEND_BLOCK_DS[-1]} is supported")
-    check_int32_index("batch_indices", batch_indices, nnz, device)
-    check_int32_index("positions", positions, nnz, device)
-    check_int32_index("kv_indices", kv_indices, None, device)
-    check_int32_index("kv_indptr", kv_indptr, None, device)
-    if kv_indptr.numel() < 1:
-        raise ValueError("kv_indptr: expected batch_size + 1 >= 1 entries, got 0")
-    check_int32_index("kv_last_page_len", kv_last_page_len, kv_indptr.numel() - 1, device)
+    # Hot path (once per layer per step): strided index views are rejected, never copied per call.
+    batch_indices = index_tensor("batch_indices", batch_indices, numel=nnz, device=device)
+    positions = index_tensor("positions", positions, numel=nnz, device=device)
+    kv_indices = index_tensor("kv_indices", kv_indices, device=device)
+    kv_indptr = index_tensor("kv_indptr", kv_indptr, min_numel=1, device=device)
+    kv_last_page_len = index_tensor("kv_last_page_len", kv_last_page_len, numel=kv_indptr.numel() - 1, device=device)
+    if _checks.ENABLED:
+        _checks.check_paged_kv(kv_indptr, kv_indices, kv_last_page_len, page_size, k_cache.shape[0])
+        _checks.check_positions("positions", positions, batch_indices, kv_indptr, kv_last_page_len, page_size)
 
     if torch.compiler.is_compiling():
         _append_paged_kv_cache_op(append_key, append_value, batch_indices, positions, k_cache, v_cache,
@@ -239,7 +253,9 @@ def get_batch_indices_positions(
         ``torch.int32`` or ``torch.int64``.
     nnz : int
         Number of appended rows (``append_indptr[-1]``); rows past ``append_indptr[-1]`` are left
-        unwritten.
+        unwritten, and rows of an ``append_indptr`` that runs past ``nnz`` are not written.
+        In checked mode, ``append_indptr`` must start at 0, not decrease and end at most at
+        ``nnz``, and ``seq_lens[b]`` must be at least request ``b``'s appended rows.
 
     Returns
     -------
@@ -248,24 +264,27 @@ def get_batch_indices_positions(
     positions : torch.Tensor
         shape ``[nnz]``, dtype ``torch.int32``.
     """
-    _idx = (torch.int32, torch.int64)
-    check_tensor("append_indptr", append_indptr, dtypes=_idx, ndim=1)
+    # Once per step, like plan(): strided inputs are made contiguous.
+    append_indptr = index_tensor("append_indptr", append_indptr, dtypes=INT32_64, min_numel=1, layout="copy")
     device = append_indptr.device
     _check_kernel_device("append_indptr", append_indptr)
-    if append_indptr.numel() < 1:
-        raise ValueError("append_indptr: expected batch_size + 1 >= 1 entries, got 0")
     batch_size = append_indptr.numel() - 1
-    check_tensor("seq_lens", seq_lens, dtypes=_idx, ndim=1, device=device)
+    seq_lens = index_tensor("seq_lens", seq_lens, dtypes=INT32_64, device=device, layout="copy")
     if seq_lens.numel() != batch_size:
         raise ValueError(f"seq_lens: expected {batch_size} entries (len(append_indptr) - 1), got {seq_lens.numel()}")
     nnz = int(nnz)
     if nnz < 0:
         raise ValueError(f"nnz: expected a non-negative int, got {nnz}")
+    if _checks.ENABLED:
+        _checks.check_indptr("append_indptr", append_indptr, at_most=nnz, at_most_name="nnz")
+        rows = append_indptr[1:] - append_indptr[:-1]
+        _checks.require(seq_lens < rows, lambda i: f"seq_lens[{i[0]}] = {seq_lens[i].item()}: expected at least "
+                        f"{rows[i].item()}, the rows appended to request {i[0]}")
     batch_indices = torch.empty((nnz,), dtype=torch.int32, device=device)
     positions = torch.empty((nnz,), dtype=torch.int32, device=device)
     if batch_size > 0 and nnz > 0:
         _k.batch_indices_positions_kernel[(batch_size,)](
-            append_indptr.contiguous(), seq_lens.contiguous(), batch_indices, positions, BLOCK=_k.POSITIONS_BLOCK, num_warps=4
+            append_indptr, seq_lens, batch_indices, positions, nnz, BLOCK=_k.POSITIONS_BLOCK, num_warps=4
         )
     return batch_indices, positions
 
@@ -282,17 +301,23 @@ def get_seq_lens(kv_indptr: torch.Tensor, kv_last_page_len: torch.Tensor, page_s
     page_size : int
         Entries per page.
 
+    In checked mode, ``kv_indptr`` must start at 0 and not decrease, and ``kv_last_page_len``
+    be in ``[1, page_size]`` for a request with pages (``[0, page_size]`` without).
+
     Returns
     -------
     seq_lens : torch.Tensor
         shape ``[batch_size]``, dtype ``torch.int32``.
     """
-    check_int32_index("kv_indptr", kv_indptr)
-    if kv_indptr.numel() < 1:
-        raise ValueError("kv_indptr: expected batch_size + 1 >= 1 entries, got 0")
-    check_int32_index("kv_last_page_len", kv_last_page_len, kv_indptr.numel() - 1, kv_indptr.device)
+    # Plain torch ops: any strides are read correctly.
+    kv_indptr = index_tensor("kv_indptr", kv_indptr, min_numel=1, layout="any")
+    kv_last_page_len = index_tensor("kv_last_page_len", kv_last_page_len, numel=kv_indptr.numel() - 1,
+                                    device=kv_indptr.device, layout="any")
     page_size = int(page_size)
     if page_size < 1:
         raise ValueError(f"page_size: expected a positive int, got {page_size}")
+    if _checks.ENABLED:
+        _checks.check_indptr("kv_indptr", kv_indptr)
+        _checks.check_last_page_len("kv_last_page_len", kv_last_page_len, kv_indptr, page_size)
     num_pages = kv_indptr[1:] - kv_indptr[:-1]
     return (torch.clamp(num_pages - 1, min=0) * page_size + kv_last_page_len).to(torch.int32)

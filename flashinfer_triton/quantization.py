@@ -7,6 +7,8 @@ from typing import Tuple
 import torch
 import triton
 
+from . import _checks
+from ._checks import INT32_64, index_tensor
 from ._utils import check_tensor, interpreter_active
 from .kernels import packbits as _k
 
@@ -86,7 +88,8 @@ def segment_packbits(
         shape ``[indptr[-1]]`` (at least), any boolean, integer or floating dtype; nonzero is 1.
     indptr : torch.Tensor
         Segment boundaries, shape ``[batch_size + 1]``, dtype ``torch.int32`` or ``torch.int64``,
-        non-decreasing.
+        non-decreasing, within ``[0, x.numel()]`` (always checked: this function reads it on the
+        host); any stride.
     bitorder : str
         ``"big"`` (default) or ``"little"``, as in :func:`packbits`.
 
@@ -107,9 +110,8 @@ def segment_packbits(
     """
     little = _check_bitorder(bitorder)
     x = _check_x(x)
-    check_tensor("indptr", indptr, dtypes=(torch.int32, torch.int64), ndim=1, device=x.device)
-    if indptr.numel() < 1:
-        raise ValueError("indptr: expected batch_size + 1 >= 1 entries, got 0")
+    # This function reads indptr on the host anyway: a strided view is copied, once.
+    indptr = index_tensor("indptr", indptr, dtypes=INT32_64, min_numel=1, device=x.device, layout="copy")
     batch_size = indptr.numel() - 1
     seglen = indptr[1:] - indptr[:-1]
     packed_len = (seglen + 7) // 8
@@ -121,15 +123,18 @@ def segment_packbits(
             [new_indptr[-1].to(torch.int64), packed_len.max().to(torch.int64), seglen.min().to(torch.int64),
              indptr[0].to(torch.int64), indptr[-1].to(torch.int64)]).tolist()
         if min_seg < 0:
-            raise ValueError("indptr: must be non-decreasing")
-        if first < 0 or last > x.numel():
-            raise ValueError(f"indptr: segments reach past x (indptr[-1] = {last} > x.numel() = {x.numel()})")
+            _checks.require(seglen < 0, lambda i: f"indptr[{i[0] + 1}] = {indptr[i[0] + 1].item()} < indptr[{i[0]}] = "
+                            f"{indptr[i[0]].item()}: expected a non-decreasing indptr")
+        if first < 0:
+            raise ValueError(f"indptr[0] = {first}: expected a non-negative start")
+        if last > x.numel():
+            raise ValueError(f"indptr[-1] = {last}: segments reach past x (x.numel() = {x.numel()})")
     else:
         total, max_len = 0, 0
     y = torch.empty((total,), dtype=torch.uint8, device=x.device)
     if total > 0:
         grid = (batch_size, triton.cdiv(max_len, _k.BLOCK_BYTES))
         _k.segment_packbits_kernel[grid](
-            x, indptr.to(torch.int32).contiguous(), new_indptr, y, BLOCK=_k.BLOCK_BYTES, LITTLE=little, num_warps=_k.NUM_WARPS
+            x, indptr.to(torch.int32), new_indptr, y, BLOCK=_k.BLOCK_BYTES, LITTLE=little, num_warps=_k.NUM_WARPS
         )
     return y, new_indptr

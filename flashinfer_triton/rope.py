@@ -10,19 +10,25 @@ on the fly, with the frequency formula of FlashInfer (``theta^(-2j/rotary_dim) /
 Llama 3.1 smoothing for the llama31 variants), or read from a float32 ``cos_sin_cache``.
 
 Positions are read as 32-bit integers (``int64`` positions must be below ``2**31``; their low
-words are read directly, no copy). Each function is also a ``torch.library`` custom op that
-``torch.compile`` sees; eager calls launch the kernel directly.
+words are read directly, no copy, at any stride). ``indptr``/``offsets`` must be contiguous (a
+strided view raises, as in FlashInfer). A position outside ``cos_sin_cache`` reads nothing and
+gives NaN for its token; in checked mode (``flashinfer_triton.checked()``) it raises, as do a
+malformed ``indptr`` and int64 positions past int32. Each function is also a ``torch.library``
+custom op that ``torch.compile`` sees; eager calls launch the kernel directly, through a cached
+launch (shapes, strides and parameters are looked up, not recomputed, on a repeated call).
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
-from ._utils import check_int32_index, check_shape, check_tensor, num_compute_units
+from . import _checks
+from ._checks import INT32_64, index_tensor
+from ._utils import check_tensor, interpreter_active, num_compute_units
 from .kernels.rope import POS_CACHE, POS_IDS, POS_INDPTR, rope_config, rope_kernel
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -58,9 +64,10 @@ def _check_rotary_dim(rotary_dim, head_dim: int) -> int:
 
 
 def _check_pos_ids(name: str, pos, nnz: int, device) -> None:
-    check_tensor(name, pos, dtypes=(torch.int32, torch.int64), ndim=1, device=device)
-    if pos.shape[0] != nnz:
-        raise ValueError(f"{name}: expected {nnz} entries (one per token of q/k), got {pos.shape[0]}")
+    # Any stride: the kernel reads positions through their stride.
+    index_tensor(name, pos, dtypes=INT32_64, numel=nnz, device=device, layout="any")
+    if _checks.ENABLED and pos.dtype == torch.int64:
+        _checks.check_in_range(name, pos, -2**31, 2**31, "a position (read as int32)")
 
 
 def _check_scalar(name: str, v) -> float:
@@ -92,8 +99,46 @@ def _llama31_smooth(low_freq_factor, high_freq_factor, old_context_len) -> Tuple
 
 # --------------------------------------------------------------------------- launcher
 
-# Below this many token blocks the heads of a token block are spread over several programs.
+# Below this many token blocks the head blocks of a token block are spread over several programs.
 _MIN_PROGRAMS_PER_CU = 2
+
+try:  # the raw stream getter Triton's own CUDA driver uses
+    from torch._C import _cuda_getCurrentRawStream as _raw_stream
+except Exception:  # noqa: BLE001
+    _raw_stream = None
+
+# Host work that depends only on shapes, strides, dtypes and the RoPE parameters, done once per
+# key: (constexprs, num_warps, BLOCK_T, fixed int args, float args, number of head blocks).
+_PLANS: Dict[tuple, tuple] = {}
+# Compiled binaries for the lean launch path, keyed by the plan key and what Triton specializes
+# the per-call arguments on (each pointer's 16-byte alignment; 1 / multiple of 16 / 64-bit for the
+# ints that change between calls), so a binary is reused exactly where Triton would pick it.
+_BINARIES: Dict[tuple, object] = {}
+_LEAN = [_raw_stream is not None]
+
+
+def _f32_pair(x: float) -> Tuple[float, float]:
+    """(hi, lo) float32 values with hi + lo == x to about 48 bits (kernel float args are float32)."""
+    hi = struct.unpack("f", struct.pack("f", x))[0]
+    return hi, x - hi
+
+
+def _plan(key, q, k, q_out, k_out, pos_stride, cache, rotary_dim, interleave, mode, in_place,
+          rope_scale, rope_theta, smooth_a, smooth_b):
+    half_block, block_h, block_t, warps = rope_config(rotary_dim)
+    n_qo, n_kv, head_dim = q.shape[1], k.shape[1], q.shape[2]
+    n_q_blocks = (n_qo + block_h - 1) // block_h
+    n_blocks = n_q_blocks + (n_kv + block_h - 1) // block_h
+    ints = (q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
+            pos_stride, cache.stride(0) if cache is not None else 0, cache.shape[0] if cache is not None else 0,
+            rotary_dim, 0 if in_place else head_dim - rotary_dim, n_q_blocks, n_blocks)
+    floats = _f32_pair(-2.0 * math.log2(rope_theta) / rotary_dim) + (1.0 / rope_scale, smooth_a, smooth_b)
+    constexprs = dict(POS_MODE=mode, INTERLEAVE=interleave, HALF_BLOCK=half_block, BLOCK_H=block_h, BLOCK_T=block_t)
+    target = _MIN_PROGRAMS_PER_CU * num_compute_units(q.device.index or 0)
+    plan = (constexprs, warps, block_t, ints, floats, n_blocks, target)
+    _PLANS[key] = plan
+    return plan
 
 
 def _launch_rope(
@@ -101,55 +146,50 @@ def _launch_rope(
     rotary_dim: int, interleave: bool, rope_scale: float, rope_theta: float,
     smooth_a: float, smooth_b: float,
 ) -> None:
-    nnz, n_qo, head_dim = q.shape
-    n_kv = k.shape[1]
+    nnz = q.shape[0]
     if nnz == 0:
         return
-    if cache is not None:
-        mode = POS_CACHE
-    elif indptr is not None:
-        mode = POS_INDPTR
-    else:
-        mode = POS_IDS
-    half_block, block_h, block_t, warps = rope_config(rotary_dim)
+    mode = POS_CACHE if cache is not None else (POS_INDPTR if indptr is not None else POS_IDS)
     pos_stride = 0
     if pos is not None:
+        pos_stride = pos.stride(0)
         if pos.dtype == torch.int64:
-            # Read the low 32-bit word of each position (little-endian), no copy.
-            if pos.stride(0) != 1:
-                pos = pos.contiguous()
-            pos = pos.view(torch.int32)
-            pos_stride = 2
-        else:
-            pos_stride = pos.stride(0)
-    batch_size = indptr.shape[0] - 1 if indptr is not None else 1
-    dummy_i32 = pos if pos is not None else indptr
+            # Read the low 32-bit word of each position (little-endian), no copy, any stride.
+            pos = pos.unsqueeze(-1).view(torch.int32)[:, 0]
+            pos_stride *= 2
     in_place = q_out.data_ptr() == q.data_ptr() and k_out.data_ptr() == k.data_ptr()
-    n_pass = 0 if in_place else head_dim - rotary_dim
-    log2_theta = math.log2(rope_theta)
-    log2_hi = struct.unpack("f", struct.pack("f", log2_theta))[0]
+    key = (q.dtype, q.device, mode, interleave, in_place, rotary_dim, q.shape[1:], k.shape[1],
+           q.stride(), k.stride(), q_out.stride(), k_out.stride(), pos_stride,
+           None if cache is None else (cache.stride(0), cache.shape[0]), rope_scale, rope_theta, smooth_a, smooth_b)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _plan(key, q, k, q_out, k_out, pos_stride, cache, rotary_dim, interleave, mode, in_place,
+                     rope_scale, rope_theta, smooth_a, smooth_b)
+    constexprs, warps, block_t, ints, floats, n_blocks, target = plan
+    batch_size = indptr.shape[0] - 1 if indptr is not None else 1
+    n_search = batch_size.bit_length()
     programs_t = (nnz + block_t - 1) // block_t
-    head_blocks = (max(n_qo, n_kv) + block_h - 1) // block_h
-    target = _MIN_PROGRAMS_PER_CU * num_compute_units(q.device.index or 0)
-    n_splits = 1
-    if programs_t < target:
-        n_splits = max(1, min(head_blocks, (target + programs_t - 1) // programs_t))
-    rope_kernel[(programs_t, n_splits)](
-        q, k, q_out, k_out,
-        pos if pos is not None else dummy_i32,
-        indptr if indptr is not None else dummy_i32,
-        offsets if offsets is not None else dummy_i32,
-        cache if cache is not None else _dummy_f32(q.device),
-        nnz, n_qo, n_kv, batch_size, int(batch_size).bit_length(),
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
-        pos_stride, cache.stride(0) if cache is not None else 0,
-        rotary_dim, n_pass, n_splits,
-        log2_hi, log2_theta - log2_hi, 1.0 / rope_scale, smooth_a, smooth_b,
-        POS_MODE=mode, INTERLEAVE=bool(interleave),
-        HALF_BLOCK=half_block, BLOCK_H=block_h, BLOCK_T=block_t,
-        num_warps=warps,
-    )
+    n_splits = 1 if programs_t >= target else min(n_blocks, (target + programs_t - 1) // programs_t)
+    i32 = pos if pos is not None else indptr
+    ptrs = (q, k, q_out, k_out, i32, indptr if indptr is not None else i32, offsets if offsets is not None else i32,
+            cache if cache is not None else _dummy_f32(q.device))
+    args = ptrs + (nnz, q.shape[1], k.shape[1], batch_size, n_search) + ints + (n_splits,) + floats
+    grid = (programs_t, n_splits, 1)
+    if not _LEAN[0] or q.device.type != "cuda" or interpreter_active():
+        rope_kernel[grid](*args, **constexprs, num_warps=warps)
+        return
+    spec = (key, n_splits, nnz == 1, nnz % 16 == 0, nnz >= 2**31, batch_size == 1, batch_size % 16 == 0,
+            n_search == 1, n_search % 16 == 0) + tuple(t.data_ptr() & 15 == 0 for t in ptrs)
+    binary = _BINARIES.get(spec)
+    if binary is None:
+        binary = rope_kernel[grid](*args, **constexprs, num_warps=warps)
+        if all(hasattr(binary, a) for a in ("run", "function", "packed_metadata")):
+            _BINARIES[spec] = binary
+        else:  # not the launcher calling convention this path expects: the JIT path from now on
+            _LEAN[0] = False
+        return
+    binary.run(grid[0], grid[1], 1, _raw_stream(q.device.index), binary.function, binary.packed_metadata,
+               None, None, None, *args, *constexprs.values())
 
 
 _DUMMIES = {}
@@ -223,10 +263,11 @@ def _run(q, k, q_out, k_out, pos, indptr, offsets, cache, rotary_dim, interleave
 
 def _ragged(q, k, indptr, offsets, rotary_dim, interleave, rope_scale, rope_theta, smooth, inplace):
     _check_qk(q, k)
-    check_int32_index("indptr", indptr, device=q.device)
-    if indptr.shape[0] < 2:
-        raise ValueError(f"indptr: expected batch_size + 1 >= 2 entries, got {indptr.shape[0]}")
-    check_int32_index("offsets", offsets, numel=indptr.shape[0] - 1, device=q.device)
+    # Hot path: strided index views are rejected (as FlashInfer does), never copied per call.
+    index_tensor("indptr", indptr, min_numel=2, device=q.device)
+    index_tensor("offsets", offsets, numel=indptr.shape[0] - 1, device=q.device)
+    if _checks.ENABLED:
+        _checks.check_indptr("indptr", indptr, total=q.shape[0], total_name="nnz, q.shape[0]")
     rotary_dim = _check_rotary_dim(rotary_dim, q.shape[2])
     rope_scale, rope_theta = _check_rope_params(rope_scale, rope_theta)
     if inplace:
@@ -259,11 +300,12 @@ _DOC_RAGGED = r"""
     k : torch.Tensor
         Keys, shape: ``[nnz, num_k_heads, head_dim]``, dtype and device of ``q``.
     indptr : torch.Tensor
-        shape: ``[batch_size + 1]``, dtype: ``torch.int32``; request ``i`` owns tokens
-        ``indptr[i]:indptr[i+1]``; ``indptr[0] == 0`` and ``indptr[-1] == nnz``.
+        shape: ``[batch_size + 1]``, dtype: ``torch.int32``, contiguous; request ``i`` owns tokens
+        ``indptr[i]:indptr[i+1]``; ``indptr[0] == 0``, non-decreasing, ``indptr[-1] == nnz``
+        (checked in checked mode).
     offsets : torch.Tensor
-        shape: ``[batch_size]``, dtype: ``torch.int32``; the position of request ``i``'s first
-        token (token ``t`` has position ``offsets[i] + t - indptr[i]``).
+        shape: ``[batch_size]``, dtype: ``torch.int32``, contiguous; the position of request
+        ``i``'s first token (token ``t`` has position ``offsets[i] + t - indptr[i]``).
     rotary_dim : Optional[int]
         Rotate the first ``rotary_dim`` dimensions (even, at most ``head_dim`` and 512);
         default ``None``: the whole head.
@@ -280,7 +322,7 @@ _DOC_POS = r"""
         Keys, shape: ``[nnz, num_k_heads, head_dim]``, dtype and device of ``q``.
     pos_ids : torch.Tensor
         Position of each token, shape: ``[nnz]``, dtype: ``torch.int32`` or ``torch.int64``
-        (values in ``[0, 2**31)``).
+        (values in ``[-2**31, 2**31)``, checked in checked mode), any stride.
     rotary_dim : Optional[int]
         Rotate the first ``rotary_dim`` dimensions (even, at most ``head_dim`` and 512);
         default ``None``: the whole head.
@@ -389,6 +431,8 @@ def _cos_sin_cache(positions, query, key, head_size, cos_sin_cache, is_neox, inp
         raise ValueError(f"cos_sin_cache: should be float32, got {got}")
     check_tensor("cos_sin_cache", cos_sin_cache, ndim=2, device=query.device, last_dim_contiguous=True)
     rotary_dim = _check_rotary_dim(cos_sin_cache.shape[1], head_size)
+    if _checks.ENABLED:
+        _checks.check_in_range("positions", positions, 0, cos_sin_cache.shape[0], "a row of cos_sin_cache")
     if not isinstance(is_neox, bool):
         raise TypeError(f"is_neox: expected a bool, got {type(is_neox).__name__}")
     q = _heads_view("query", query, head_size)
@@ -424,8 +468,9 @@ def apply_rope_with_cos_sin_cache(
     Parameters
     ----------
     positions : torch.Tensor
-        shape: ``[nnz]``, dtype: ``torch.int32`` or ``torch.int64``; row of ``cos_sin_cache`` for
-        each token (must be in range: not checked on the device).
+        shape: ``[nnz]``, dtype: ``torch.int32`` or ``torch.int64``, any stride; row of
+        ``cos_sin_cache`` for each token. A row outside ``[0, max_position)`` is not read and
+        gives NaN for that token (checked mode raises instead).
     query : torch.Tensor
         shape: ``[nnz, num_q_heads * head_size]``, dtype: ``torch.float16``, ``torch.bfloat16``
         or ``torch.float32``, last dimension contiguous (rows may be strided).
@@ -462,7 +507,8 @@ def apply_rope_with_cos_sin_cache_inplace(
     Parameters
     ----------
     positions : torch.Tensor
-        shape: ``[nnz]``, dtype: ``torch.int32`` or ``torch.int64``.
+        shape: ``[nnz]``, dtype: ``torch.int32`` or ``torch.int64``, any stride; rows outside
+        ``cos_sin_cache`` give NaN (checked mode raises).
     query : torch.Tensor
         shape: ``[nnz, num_q_heads * head_size]``, dtype: ``torch.float16``, ``torch.bfloat16``
         or ``torch.float32``; overwritten.

@@ -25,6 +25,9 @@ def append_paged_kv_cache_kernel(
     page_size,
     num_heads,
     head_dim,
+    batch_size,
+    num_indices,
+    num_pages,
     s_ka_n,
     s_ka_h,
     s_va_n,
@@ -40,40 +43,51 @@ def append_paged_kv_cache_kernel(
 ):
     """One program per (appended row, block of heads): copy K and V row ``[BLOCK_H, head_dim]``
     into slot ``pos % page_size`` of page ``kv_indices[kv_indptr[b] + pos // page_size]``.
-    The cache strides (page, slot, head) cover NHD, HND and the (k, v) tuple alike."""
+    The cache strides (page, slot, head) cover NHD, HND and the (k, v) tuple alike.
+
+    A row whose request ``b`` is outside ``[0, batch_size)``, whose position is negative or past
+    its request's pages (``kv_indptr[b+1]``), or whose page id is outside ``[0, num_pages)`` is
+    not written: no index value makes this kernel touch memory outside its tensors or another
+    request's pages (a few scalar compares per row)."""
     i = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
     b = tl.load(p_batch_indices + i).to(tl.int64)
     pos = tl.load(p_positions + i).to(tl.int64)
-    page_iter = tl.load(p_kv_indptr + b).to(tl.int64) + pos // page_size
-    page = tl.load(p_kv_indices + page_iter).to(tl.int64)
-    slot = pos % page_size
+    ok = (b >= 0) & (b < batch_size) & (pos >= 0)
+    start = tl.load(p_kv_indptr + b, mask=ok, other=0).to(tl.int64)
+    end = tl.load(p_kv_indptr + b + 1, mask=ok, other=0).to(tl.int64)
+    page_iter = start + pos // page_size
+    ok = ok & (start >= 0) & (page_iter < end) & (page_iter < num_indices)
+    page = tl.load(p_kv_indices + page_iter, mask=ok, other=-1).to(tl.int64)
+    if (page >= 0) & (page < num_pages):
+        slot = pos % page_size
+        o_h = (hb * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
+        o_d = tl.arange(0, BLOCK_D).to(tl.int64)
+        m_hd = (o_h < num_heads)[:, None] & (o_d < head_dim)[None, :]
 
-    o_h = (hb * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
-    o_d = tl.arange(0, BLOCK_D).to(tl.int64)
-    m_hd = (o_h < num_heads)[:, None] & (o_d < head_dim)[None, :]
+        p_src = p_k_app + i * s_ka_n + o_h[:, None] * s_ka_h + o_d[None, :]
+        b_k = tl.load(p_src, mask=m_hd)
+        p_dst = p_k_cache + page * s_kc_p + slot * s_kc_s + o_h[:, None] * s_kc_h + o_d[None, :]
+        tl.store(p_dst, b_k.to(p_k_cache.dtype.element_ty), mask=m_hd)
 
-    p_src = p_k_app + i * s_ka_n + o_h[:, None] * s_ka_h + o_d[None, :]
-    b_k = tl.load(p_src, mask=m_hd)
-    p_dst = p_k_cache + page * s_kc_p + slot * s_kc_s + o_h[:, None] * s_kc_h + o_d[None, :]
-    tl.store(p_dst, b_k.to(p_k_cache.dtype.element_ty), mask=m_hd)
-
-    p_src = p_v_app + i * s_va_n + o_h[:, None] * s_va_h + o_d[None, :]
-    b_v = tl.load(p_src, mask=m_hd)
-    p_dst = p_v_cache + page * s_vc_p + slot * s_vc_s + o_h[:, None] * s_vc_h + o_d[None, :]
-    tl.store(p_dst, b_v.to(p_v_cache.dtype.element_ty), mask=m_hd)
+        p_src = p_v_app + i * s_va_n + o_h[:, None] * s_va_h + o_d[None, :]
+        b_v = tl.load(p_src, mask=m_hd)
+        p_dst = p_v_cache + page * s_vc_p + slot * s_vc_s + o_h[:, None] * s_vc_h + o_d[None, :]
+        tl.store(p_dst, b_v.to(p_v_cache.dtype.element_ty), mask=m_hd)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["nnz"])
 def batch_indices_positions_kernel(
     p_append_indptr,
     p_seq_lens,
     p_batch_indices,
     p_positions,
+    nnz,
     BLOCK: tl.constexpr,
 ):
     """One program per request b: rows ``append_indptr[b] .. append_indptr[b+1]`` get batch index b
-    and position ``seq_lens[b] - append_len + i``."""
+    and position ``seq_lens[b] - append_len + i``. Rows outside ``[0, nnz)`` (an indptr that runs
+    past the outputs) are not written."""
     b = tl.program_id(0)
     start = tl.load(p_append_indptr + b).to(tl.int64)
     end = tl.load(p_append_indptr + b + 1).to(tl.int64)
@@ -81,9 +95,10 @@ def batch_indices_positions_kernel(
     first = seq_len - (end - start)
     for off in range(0, end - start, BLOCK):
         o_i = off + tl.arange(0, BLOCK).to(tl.int64)
-        m_i = o_i < end - start
-        tl.store(p_batch_indices + start + o_i, tl.zeros([BLOCK], tl.int32) + b, mask=m_i)
-        tl.store(p_positions + start + o_i, (first + o_i).to(tl.int32), mask=m_i)
+        o_row = start + o_i
+        m_i = (o_i < end - start) & (o_row >= 0) & (o_row < nnz)
+        tl.store(p_batch_indices + o_row, tl.zeros([BLOCK], tl.int32) + b, mask=m_i)
+        tl.store(p_positions + o_row, (first + o_i).to(tl.int32), mask=m_i)
 
 
 # ---- configuration table shared by the launchers (flashinfer_triton/page.py) and aot_configs() ----
@@ -127,7 +142,8 @@ def aot_configs():
                 "p_kv_indices": "*i32",
                 "p_kv_indptr": "*i32",
             }
-            for name in ("page_size", "num_heads", "head_dim", "s_ka_n", "s_ka_h", "s_va_n", "s_va_h",
+            for name in ("page_size", "num_heads", "head_dim", "batch_size", "num_indices", "num_pages",
+                         "s_ka_n", "s_ka_h", "s_va_n", "s_va_h",
                          "s_kc_p", "s_kc_s", "s_kc_h", "s_vc_p", "s_vc_s", "s_vc_h"):
                 sig[name] = "i32"
             sig["BLOCK_H"] = "constexpr"
@@ -140,7 +156,7 @@ def aot_configs():
     for t_indptr in INDEX_TYPES:
         for t_seq in INDEX_TYPES:
             sig = {"p_append_indptr": t_indptr, "p_seq_lens": t_seq, "p_batch_indices": "*i32",
-                   "p_positions": "*i32", "BLOCK": "constexpr"}
+                   "p_positions": "*i32", "nnz": "i32", "BLOCK": "constexpr"}
             configs.append(AotConfig(
                 batch_indices_positions_kernel, sig, {"BLOCK": POSITIONS_BLOCK}, num_warps=4,
                 name=f"batch_indices_positions_{t_indptr[1:]}_{t_seq[1:]}",
