@@ -7,9 +7,11 @@ Use it when one request's context does not fit one GPU's memory or bandwidth bud
 attention states over any partition of it, in any order: the shards need not be contiguous, equal,
 or non-empty. LSE is base 2 throughout (FlashInfer's convention).
 
-Setup. One process per GPU; ``NCCL_NVLS_ENABLE=0`` in the environment before
-``init_process_group`` (NVLink multicast stays off: it reserves memory per communicator and is not
-what this exchange needs); gloo works on the CPU (the tests use it with ``TRITON_INTERPRET=1``)::
+Setup. One process per GPU; NVLink multicast stays off, so ``NCCL_NVLS_ENABLE=0`` (and
+``TORCH_SYMM_MEM_DISABLE_MULTICAST=1``, ``NVSHMEM_DISABLE_NVLS=1``) are in the environment before
+``init_process_group``: on the shared device machines a program that uses multicast can take the
+host's GPUs out of service, and these small exchanges gain nothing from it. This module reads no
+environment variable itself. gloo works on the CPU (the tests use it with ``TRITON_INTERPRET=1``)::
 
     dist.init_process_group("nccl")                      # NCCL_NVLS_ENABLE=0 set by the launcher
     cp = ContextParallelDecodeWrapper(workspace, group=cp_group)
@@ -19,8 +21,9 @@ what this exchange needs); gloo works on the CPU (the tests use it with ``TRITON
 Collectives (``collective=``), one to pick by measurement (``benchmarks/bench_distributed.py``):
 
 * ``"all_gather"``: one all-gather of every rank's packed ``(o, lse)``, then each rank merges all
-  ``W`` states for every head. One collective, no copies; each rank receives ``(W - 1) * B * H``
-  states. Suits decode batches, where the exchange is bound by latency, not bytes.
+  ``W`` states for every head. One collective; the local decode writes into the send buffer and the
+  merge reads the receive buffer in place; each rank receives ``(W - 1) * B * H`` states. Suits
+  decode batches, where the exchange is bound by latency, not bytes.
 * ``"reduce_scatter"``: a reduce-scatter by heads (an all-to-all, then rank ``r`` merges the ``W``
   states of its ``H / W`` heads) followed by an all-gather of the merged heads. Two collectives and
   a few small copies, but ``2 (W - 1) / W`` of the bytes per rank and ``1 / W`` of the merge work:
@@ -103,9 +106,10 @@ class _AllGatherBuffers:
         self.local_lse = self.send[lse_at:lse_at + lse_bytes].view(torch.float32).view(batch, num_heads)
         rows = self.recv.view(world, row)
         # [B, W, H, D] and [B, W, H]: state w of each (request, head), as merge_states takes them.
-        self.states_o = rows[:, :o_bytes].view(o_dtype).view(world, batch, num_heads, head_dim).permute(1, 0, 2, 3)
-        self.states_lse = rows[:, lse_at:lse_at + lse_bytes].view(torch.float32).view(world, batch, num_heads).permute(1, 0, 2)
-        self.bytes_sent = row
+        o_rows = rows[:, :o_bytes].view(o_dtype).view(world, batch, num_heads, head_dim)
+        lse_rows = rows[:, lse_at:lse_at + lse_bytes].view(torch.float32).view(world, batch, num_heads)
+        self.states_o = o_rows.permute(1, 0, 2, 3)
+        self.states_lse = lse_rows.permute(1, 0, 2)
         self.bytes_received = (world - 1) * row
 
     def exchange(self, group, out, lse) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -147,9 +151,8 @@ class _ReduceScatterBuffers:
         self.gsend_lse = gsend[..., head_dim:].view(torch.float32)[..., 0]
         self.gathered_o = grecv[..., :head_dim].permute(1, 0, 2, 3)     # [B, W, hs, D]
         self.gathered_lse = grecv[..., head_dim:].view(torch.float32)[..., 0].permute(1, 0, 2)  # [B, W, hs]
-        nbytes = send.numel() * send.element_size()
-        self.bytes_sent = nbytes * (world - 1) // world + gsend.numel() * gsend.element_size()
-        self.bytes_received = self.bytes_sent
+        self.bytes_received = (send.numel() * send.element_size() * (world - 1) // world
+                               + (world - 1) * gsend.numel() * gsend.element_size())
 
     def exchange(self, group, out, lse) -> Tuple[torch.Tensor, torch.Tensor]:
         self.send_lse.copy_(self.local_lse.t())
@@ -258,11 +261,12 @@ class ContextParallelDecodeWrapper:
         return self._collective
 
     @property
-    def exchange_bytes(self) -> Tuple[int, int]:
-        """(bytes sent, bytes received) by this rank per ``run()`` for the planned batch."""
+    def exchange_bytes(self) -> int:
+        """Bytes this rank receives from the others per ``run()`` of the planned batch (as many as
+        it sends)."""
         if self._buffers is None:
             raise RuntimeError("exchange_bytes: call plan() first")
-        return self._buffers.bytes_sent, self._buffers.bytes_received
+        return self._buffers.bytes_received
 
     def plan(
         self,

@@ -1,8 +1,9 @@
 """Context-parallel decode (flashinfer_triton.distributed) across processes, against single-process
 decode over the whole cache and the float64 reference.
 
-CPU tier: 2 and 3 processes (torch.multiprocessing spawn) on gloo, the kernels under the Triton
-interpreter. GPU tier: one process per GPU on NCCL (1, 2, 4 GPUs as present), bfloat16, realistic
+CPU tier: 3 processes (torch.multiprocessing spawn) on gloo, the kernels under the Triton
+interpreter: the cases of the 3-rank world, then those of a 2-rank subgroup (global ranks 1 and 2),
+then bad input on the subgroup. GPU tier: one process per GPU on NCCL (1, 2, 4 GPUs as present), bfloat16, realistic
 sizes, CUDA-graph capture of run() and run_async(). Every process builds the same global paged
 cache from one seed, keeps only its shard's pages in a local cache of its own (renumbered), and
 runs the wrapper; every rank must return bit-identical results, and one rank per case checks them.
@@ -65,17 +66,17 @@ def _local_shard(cache, indptr, indices, last, page_size, policies, rank, world,
             torch.tensor(loc_last, **i32))
 
 
-def _all_gather_flat(out, t):
+def _all_gather_flat(out, t, group):
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(out, t)
+    gather(out, t, group=group)
 
 
-def _same_on_every_rank(name, t):
+def _same_on_every_rank(name, t, group):
     """Every rank merged the same states with the same kernel: results are bit-identical."""
     flat = t.contiguous().view(-1).view(torch.uint8)
-    world = dist.get_world_size()
+    world = dist.get_world_size(group)
     every = torch.empty(world * flat.numel(), dtype=torch.uint8, device=t.device)
-    _all_gather_flat(every, flat)
+    _all_gather_flat(every, flat, group)
     rows = every.view(world, -1)
     for r in range(1, world):
         assert torch.equal(rows[r], rows[0]), f"{name}: rank {r}'s result differs from rank 0's"
@@ -97,14 +98,14 @@ def _check(name, out, lse, single_out, single_lse, q, ks, vs, dtype, **opts):
                 f"{name} lse[{i}]: differs from single-process decode"
 
 
-def _check_coverage(name, l_indptr, l_last, kv_lens, page_size, split):
+def _check_coverage(name, l_indptr, l_last, kv_lens, page_size, split, group):
     """The case covers what it claims: an empty request, a request some rank holds none of, and,
     with a fixed split size, a shard on every rank that the local decode splits."""
     pages = (l_indptr[1:] - l_indptr[:-1]).to(torch.int64)
     tokens = torch.where(pages > 0, (pages - 1) * page_size + l_last.to(torch.int64), 0)
-    world = dist.get_world_size()
+    world = dist.get_world_size(group)
     every = torch.empty(world * tokens.numel(), dtype=torch.int64, device=tokens.device)
-    _all_gather_flat(every, tokens)
+    _all_gather_flat(every, tokens, group)
     every = every.view(world, -1).cpu()
     assert every.sum(0).tolist() == kv_lens, f"{name}: the shards do not add up to the requests"
     assert 0 in kv_lens, f"{name}: no empty request"
@@ -115,7 +116,8 @@ def _check_coverage(name, l_indptr, l_last, kv_lens, page_size, split):
             f"{name}: no request is long enough on every rank to be split"
 
 
-def _run_case(fi, cpd, rank, world, idx, case, device, ws_bytes):
+def _run_case(fi, cpd, group, idx, case, device, ws_bytes):
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
     dtype, collective, layout, page_size, hq, hkv, d = (case[k] for k in ("dtype", "collective", "layout", "page",
                                                                           "hq", "hkv", "d"))
     split, soft_cap, requests = case["split"], case["soft_cap"], case["requests"]
@@ -131,21 +133,23 @@ def _run_case(fi, cpd, rank, world, idx, case, device, ws_bytes):
     local, l_indptr, l_indices, l_last = _local_shard(cache.cpu(), indptr.cpu(), indices.cpu(), last.cpu(), page_size,
                                                       policies, rank, world, gen, rank_gen)
     local, l_indptr, l_indices, l_last = (t.to(device) for t in (local, l_indptr, l_indices, l_last))
-    _check_coverage(name, l_indptr, l_last, kv_lens, page_size, split)
+    _check_coverage(name, l_indptr, l_last, kv_lens, page_size, split, group)
     opts = dict(q_data_type=dtype, fixed_split_size=split, logits_soft_cap=soft_cap)
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
-    cp = cpd.ContextParallelDecodeWrapper(ws, kv_layout=layout, collective=collective)
+    cp = cpd.ContextParallelDecodeWrapper(ws, group=group, kv_layout=layout, collective=collective)
+    assert (cp.rank, cp.world_size) == (rank, world)
     cp.plan(l_indptr, l_indices, l_last, hq, hkv, d, page_size, **opts)
     out = poisoned(q.shape, dtype, device)
     lse = poisoned(q.shape[:2], torch.float32, device)
     res = cp.run(q, local, out=out, lse=lse)
-    sent, received = cp.exchange_bytes
-    assert sent > 0 and received >= 0 and (collective != "all_gather" or received == (world - 1) * sent)
+    state_bytes = -(-out.numel() * out.element_size() // 16) * 16 + -(-lse.numel() * 4 // 16) * 16
+    if collective == "all_gather":
+        assert cp.exchange_bytes == (world - 1) * state_bytes
     assert res[0] is out and res[1] is lse
     # Another layer: fresh q, no buffers, through the side-stream path.
     out2 = cp.run_async(q2, local).wait()
     for n, t in (("out", out), ("lse", lse), ("second out", out2)):
-        _same_on_every_rank(f"{name} {n}", t)
+        _same_on_every_rank(f"{name} {n}", t, group)
     if idx % world != rank:
         return
     single = fi.BatchDecodeWithPagedKVCacheWrapper(ws, kv_layout=layout)
@@ -161,8 +165,9 @@ def _expect(exc, match, fn):
         fn()
 
 
-def _run_errors(cpd, rank, world, device):
+def _run_errors(cpd, group, device):
     """Bad plans and calls raise on every rank, before any collective that could hang."""
+    rank = dist.get_rank(group)
     ws = torch.empty(1 << 20, dtype=torch.uint8, device=device)
     i32 = dict(dtype=torch.int32, device=device)
     batch = 2 + rank  # differs across ranks
@@ -170,7 +175,7 @@ def _run_errors(cpd, rank, world, device):
     indices = torch.arange(batch, **i32)
     last = torch.full((batch,), 3, **i32)
     cache = torch.randn(batch, 2, 4, 1, 64).to(device)
-    cp = cpd.ContextParallelDecodeWrapper(ws)
+    cp = cpd.ContextParallelDecodeWrapper(ws, group=group)
     _expect(RuntimeError, "plan", lambda: cp.run(torch.randn(batch, 4, 64), cache))
     _expect(ValueError, "batch must be the same on every rank", lambda: cp.plan(indptr, indices, last, 4, 1, 64, 4,
                                                                                 q_data_type=torch.float32))
@@ -180,11 +185,12 @@ def _run_errors(cpd, rank, world, device):
     _expect(NotImplementedError, "pos_encoding_mode", lambda: cp.plan(indptr, indices, last, 4, 1, 64, 4,
                                                                       pos_encoding_mode="ROPE_LLAMA"))
     _expect(NotImplementedError, "window_left", lambda: cp.plan(indptr, indices, last, 4, 1, 64, 4, window_left=8))
-    rs = cpd.ContextParallelDecodeWrapper(ws, collective="reduce_scatter")
+    rs = cpd.ContextParallelDecodeWrapper(ws, group=group, collective="reduce_scatter")
     _expect(NotImplementedError, "multiple of the group size", lambda: rs.plan(indptr, indices, last, 3, 1, 64, 4))
     cp.plan(indptr, indices, last, 4, 1, 64, 4, q_data_type=torch.float32)
     q = torch.randn(2, 4, 64, device=device)
-    _expect(ValueError, r"out: expected shape \[2, 4, 64\]", lambda: cp.run(q, cache, out=torch.empty(2, 4, 32, device=device)))
+    _expect(ValueError, r"out: expected shape \[2, 4, 64\]",
+            lambda: cp.run(q, cache, out=torch.empty(2, 4, 32, device=device)))
     _expect(TypeError, "lse: expected a float32", lambda: cp.run(q, cache, lse=torch.empty(2, 4, dtype=torch.float16)))
     pending = cp.run_async(q, cache, return_lse=True)
     _expect(RuntimeError, "wait", lambda: cp.run(q, cache))
@@ -194,16 +200,18 @@ def _run_errors(cpd, rank, world, device):
 
 
 def _cpu_cases(world):
+    """Across the two group sizes: both collectives in both dtypes, both layouts, a soft cap, page
+    sizes 4 and 5, heads not a multiple of the group size (all_gather), fixed split sizes."""
     f16, f32 = torch.float16, torch.float32
     base = dict(layout="NHD", page=4, hq=6, hkv=2, d=64, split=None, soft_cap=None, requests=REQUESTS)
-    return [
-        dict(base, dtype=f16, collective="all_gather", hq=4, hkv=1),                  # H not a multiple of W
-        dict(base, dtype=f32, collective="all_gather", layout="HND", soft_cap=20.0),
-        dict(base, dtype=f16, collective="reduce_scatter"),
-        dict(base, dtype=f32, collective="reduce_scatter", page=5),
-        dict(base, dtype=f16 if world == 2 else f32, collective="all_gather" if world == 2 else "reduce_scatter",
-             split=128 // 4, requests=REQUESTS[:3] + [LONG]),                           # fixed split size
-    ]
+    split = dict(split=128 // 4, requests=REQUESTS[:3] + [LONG])  # 128-token chunks: LONG splits on every rank
+    if world == 2:
+        return [dict(base, dtype=f16, collective="all_gather"),
+                dict(base, dtype=f32, collective="reduce_scatter", page=5),
+                dict(base, dtype=f16, collective="all_gather", **split)]
+    return [dict(base, dtype=f32, collective="all_gather", layout="HND", soft_cap=20.0, hq=4, hkv=1),
+            dict(base, dtype=f16, collective="reduce_scatter"),
+            dict(base, dtype=f32, collective="reduce_scatter", **split)]
 
 
 def _worker(rank, world, tmp, backend):
@@ -213,7 +221,8 @@ def _worker(rank, world, tmp, backend):
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported
         device = torch.device("cpu")
     else:
-        os.environ["NCCL_NVLS_ENABLE"] = "0"  # before the communicator is created
+        # NVLink multicast off (the device machines require it), before the communicator is created.
+        os.environ.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1")
         device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
     import flashinfer_triton as fi
@@ -223,13 +232,17 @@ def _worker(rank, world, tmp, backend):
                             timeout=datetime.timedelta(seconds=120 if backend == "gloo" else 300))
     try:
         if backend == "gloo":
-            for idx, case in enumerate(_cpu_cases(world)):
-                _run_case(fi, cpd, rank, world, idx, case, device, 4 << 20)
-            if world == 2:
-                _run_errors(cpd, rank, world, device)
+            # The whole world (3 ranks), then a group of 2 whose ranks are not the global ones.
+            pair = dist.new_group([1, 2])
+            for group, members in ((None, range(world)), (pair, (1, 2))):
+                if rank in members:
+                    for idx, case in enumerate(_cpu_cases(dist.get_world_size(group))):
+                        _run_case(fi, cpd, group, idx, case, device, 4 << 20)
+            if rank in (1, 2):
+                _run_errors(cpd, pair, device)
         else:
             for idx, case in enumerate(_gpu_cases()):
-                _run_case(fi, cpd, rank, world, idx, case, device, 128 << 20)
+                _run_case(fi, cpd, None, idx, case, device, 128 << 20)
             for collective in ("all_gather", "reduce_scatter"):
                 _graph_case(fi, cpd, rank, world, collective, device)
     except BaseException:
@@ -250,11 +263,11 @@ def _spawn(world, tmp_path, backend):
         pytest.fail("\n\n".join(f"--- {name}\n{text}" for name, text in first), pytrace=False)
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_context_parallel_decode_gloo(world, tmp_path, monkeypatch):
-    print(f"seeds {SEED} + 97 * case + {world}")
+def test_context_parallel_decode_gloo(tmp_path, monkeypatch):
+    """3 processes: the cases of a 3-rank group, then those of a 2-rank subgroup, then bad input."""
+    print(f"seeds {SEED} + 97 * case + group size")
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # inherited by the spawned processes
-    _spawn(world, tmp_path, "gloo")
+    _spawn(3, tmp_path, "gloo")
 
 
 def test_requires_initialized_group_and_known_collective():
@@ -332,7 +345,7 @@ def _graph_case(fi, cpd, rank, world, collective, device):
             lse.fill_(float("nan"))
             graph.replay()
             torch.cuda.synchronize(device)
-            _same_on_every_rank(f"graph {kind} step {step}", out)
+            _same_on_every_rank(f"graph {kind} step {step}", out, None)
             _check(f"graph {kind} {collective} step {step} (seed {seed})", out, lse, s_out, s_lse, q, ks, vs, dtype)
 
 
@@ -344,6 +357,7 @@ def test_context_parallel_decode_nccl(world, tmp_path, monkeypatch):
     if not dist.is_nccl_available():
         pytest.skip("NCCL is not available")
     print(f"seeds {SEED} + 97 * case + {world}")
-    monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
+    for key, value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
+        monkeypatch.setenv(key, value)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     _spawn(world, tmp_path, "nccl")
