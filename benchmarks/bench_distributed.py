@@ -190,6 +190,9 @@ def main():
         for batch in args.batches:
             for context in contexts:
                 for collective in collectives:
+                    if collective == "reduce_scatter" and HQ % world:
+                        print(f"reduce_scatter skipped: {HQ} heads do not split over {world} ranks")
+                        continue
                     row = run_case(batch, context, collective, rank, world, device, args.reps, fi)
                     if row is not None:
                         rows.append(row)

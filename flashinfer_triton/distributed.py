@@ -50,10 +50,11 @@ Tensor parallelism over heads needs no new kernel. On a ``tp x cp`` mesh each ra
 the CP group is the ``cp`` ranks that share a TP index (``DeviceMesh(...)["cp"].get_group()`` or
 ``dist.new_group``), and the wrapper is planned with the TP-local head counts. The TP collectives
 (QKV column-parallel, o_proj row-parallel all-reduce) are unchanged. When the same ranks do both
-(vLLM's decode context parallelism: KV heads replicated across the TP ranks, tokens sharded), the
-reduce-scatter phase of ``collective="reduce_scatter"`` already leaves rank ``r`` the merged output
-of heads ``[r H / W, (r + 1) H / W)``, the slice its row-parallel o_proj reads; the final all-gather
-is then the only step such a layer would drop.
+(vLLM's decode context parallelism: TP ranks that would hold copies of the same KV heads hold token
+shards instead, and all-gather their query heads before attention), the reduce-scatter phase of
+``collective="reduce_scatter"`` already leaves rank ``r`` the merged output of heads
+``[r H / W, (r + 1) H / W)``, its own TP slice for the row-parallel o_proj; the final all-gather
+is then the step such a layer would drop.
 
 Positions. ROPE_LLAMA and ALiBi in the kernel, and sliding windows, number tokens from the start of
 the KV the kernel sees, which on a shard is not the request's start: they raise
@@ -320,6 +321,7 @@ class ContextParallelDecodeWrapper:
                                       f"the group size {self._world}; use collective='all_gather'")
         if self._pending is not None:
             raise RuntimeError("plan(): wait() on the pending run_async() handle first")
+        self._planned = False  # until every check below has passed on every rank
         self._decode.plan(indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size,
                           logits_soft_cap=logits_soft_cap, q_data_type=q_data_type, kv_data_type=kv_data_type,
                           o_data_type=o_data_type, data_type=data_type, sm_scale=sm_scale, non_blocking=non_blocking,

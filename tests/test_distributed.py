@@ -83,15 +83,16 @@ def _same_on_every_rank(name, t, group):
 
 
 def _check(name, out, lse, single_out, single_lse, q, ks, vs, dtype, **opts):
-    """Against the float64 reference (tolerance from the low-precision reference) and against
-    single-process decode (within the low-precision reference's error plus two roundings)."""
+    """Against the float64 reference (tolerance from the low-precision reference) and, where given,
+    against single-process decode (within the low-precision reference's error plus two roundings)."""
     for i in range(q.shape[0]):
         ref, ref_lse = attention_ref(q[i:i + 1], ks[i], vs[i], **opts)
         low, low_lse = attention_ref(q[i:i + 1], ks[i], vs[i], compute_dtype=dtype, **opts)
         assert_close_to_reference(out[i:i + 1], ref, low, name=f"{name} out[{i}]")
         eps = torch.finfo(dtype).eps
-        bound = _err(low, ref) + 2 * eps
-        assert _err(out[i:i + 1], single_out[i:i + 1]) <= bound, f"{name} out[{i}]: differs from single-process decode"
+        if single_out is not None:
+            assert _err(out[i:i + 1], single_out[i:i + 1]) <= _err(low, ref) + 2 * eps, \
+                f"{name} out[{i}]: differs from single-process decode"
         if lse is not None:
             assert_close_to_reference(lse[i:i + 1], ref_lse, low_lse, name=f"{name} lse[{i}]")
             assert _err(lse[i:i + 1], single_lse[i:i + 1]) <= _err(low_lse, ref_lse) + 2 * eps, \
@@ -157,7 +158,7 @@ def _run_case(fi, cpd, group, idx, case, device, ws_bytes):
     s_out, s_lse = single.run(q, cache, return_lse=True)
     ref_opts = dict(logits_soft_cap=soft_cap or 0.0)
     _check(name, out, lse, s_out, s_lse, q, ks, vs, dtype, **ref_opts)
-    _check(name + " second run", out2, None, single.run(q2, cache), None, q2, ks, vs, dtype, **ref_opts)
+    _check(name + " second run", out2, None, None, None, q2, ks, vs, dtype, **ref_opts)
 
 
 def _expect(exc, match, fn):
@@ -179,6 +180,7 @@ def _run_errors(cpd, group, device):
     _expect(RuntimeError, "plan", lambda: cp.run(torch.randn(batch, 4, 64), cache))
     _expect(ValueError, "batch must be the same on every rank", lambda: cp.plan(indptr, indices, last, 4, 1, 64, 4,
                                                                                 q_data_type=torch.float32))
+    _expect(RuntimeError, "plan", lambda: cp.run(torch.randn(batch, 4, 64), cache))  # a failed plan() plans nothing
     indptr, indices, last, cache = indptr[:3], indices[:2], last[:2], cache[:2]
     _expect(ValueError, "sm_scale must be the same", lambda: cp.plan(indptr, indices, last, 4, 1, 64, 4,
                                                                      q_data_type=torch.float32, sm_scale=0.1 + rank))
@@ -211,7 +213,7 @@ def _cpu_cases(world):
                 dict(base, dtype=f16, collective="all_gather", **split)]
     return [dict(base, dtype=f32, collective="all_gather", layout="HND", soft_cap=20.0, hq=4, hkv=1),
             dict(base, dtype=f16, collective="reduce_scatter"),
-            dict(base, dtype=f32, collective="reduce_scatter", **split)]
+            dict(base, dtype=f16, collective="reduce_scatter", **split)]
 
 
 def _worker(rank, world, tmp, backend):
