@@ -355,7 +355,7 @@ def _graph_case(fi, cpd, rank, world, collective, device):
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_context_parallel_decode_nccl(world, tmp_path, monkeypatch):
     if _NUM_GPUS < world:
-        pytest.skip(f"needs {world} CUDA devices, found {_NUM_GPUS}")
+        pytest.skip(f"needs {world} CUDA device(s), found {_NUM_GPUS}")
     if not dist.is_nccl_available():
         pytest.skip("NCCL is not available")
     print(f"seeds {SEED} + 97 * case + {world}")
