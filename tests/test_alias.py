@@ -21,6 +21,10 @@ from _flashinfer_triton_alias import table
 from tests.alias_support import flashinfer_alias
 
 ROOT = Path(__file__).resolve().parents[1]
+# Checked before any alias is installed. Where FlashInfer itself is installed (the GPU machine) the
+# alias stays out of the way, so the tests of "no FlashInfer here" behaviour do not apply.
+HAS_REAL_FLASHINFER = importlib.util.find_spec("flashinfer") is not None
+needs_no_flashinfer = pytest.mark.skipif(HAS_REAL_FLASHINFER, reason="FlashInfer is installed here")
 
 ROWS = [(m, n, e) for m, names in table.NAMES.items() for n, e in names.items()]
 
@@ -139,6 +143,7 @@ print(spec is not None, "torch" in sys.modules)
 """
 
 
+@needs_no_flashinfer
 def test_off_by_default_and_pth_switch(tmp_path):
     (tmp_path / "flashinfer_triton_alias.pth").write_text((ROOT / "flashinfer_triton_alias.pth").read_text())
     assert _run(PROBE, sitedir=tmp_path) == "False False"
@@ -147,6 +152,7 @@ def test_off_by_default_and_pth_switch(tmp_path):
     assert _run(PROBE, {alias.ENV_VAR: "1"}, sitedir=tmp_path) == "True False"
 
 
+@needs_no_flashinfer
 def test_install_in_process_and_uninstall():
     code = """
     import importlib.util, os
@@ -174,6 +180,7 @@ def _fake_flashinfer(root: Path) -> Path:
     return root
 
 
+@needs_no_flashinfer
 def test_real_flashinfer_wins_on_sys_path(tmp_path):
     real = _fake_flashinfer(tmp_path)
     code = f"""
@@ -191,6 +198,7 @@ def test_real_flashinfer_wins_on_sys_path(tmp_path):
     assert _run(code, {"PYTHONPATH": f"{ROOT}{os.pathsep}{real}"}) == "ok"
 
 
+@needs_no_flashinfer
 def test_real_flashinfer_wins_over_a_later_finder(tmp_path):
     real = _fake_flashinfer(tmp_path)
     code = f"""
