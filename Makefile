@@ -1,8 +1,13 @@
-# CPU set-up pins the CPU build of torch (a plain `torch` would pull several GB of CUDA wheels).
+# CPU set-up: the CPU build of torch (PyPI's Linux torch is a CUDA build that pulls several GB of
+# nvidia-* wheels), from PyTorch's CPU index given as an extra index, so the public PyPI serves the
+# rest; torch alone is fetched with that index (a machine that cannot reach it takes a local file, as
+# here, after pip's retries). Triton comes separately: CPU torch does not depend on it.
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-CPU_DEPS := torch==2.13.0 triton==3.9.0 numpy pytest pytest-xdist matplotlib hypothesis
+TORCH_CPU := torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+CPU_DEPS := $(TORCH_CPU) triton==3.9.0 numpy pytest pytest-xdist matplotlib hypothesis
 HAS_GPU := $(shell $(PY) -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1 && echo 1)
 
 .PHONY: demo test test-interpret test-aot test-gpu bench venv clean
@@ -10,6 +15,7 @@ HAS_GPU := $(shell $(PY) -c "import torch,sys; sys.exit(0 if torch.cuda.is_avail
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check --no-deps --extra-index-url $(TORCH_INDEX) $(TORCH_CPU)
 	$(VPY) -m pip install -q --disable-pip-version-check $(CPU_DEPS)
 	$(VPY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@

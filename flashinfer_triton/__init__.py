@@ -2,10 +2,13 @@
 
     import flashinfer_triton as flashinfer
 
-Public names only; each block is one API module.
+Public names only; each block is one API module. ``install_alias()`` makes ``import flashinfer``
+resolve to this library where FlashInfer is not installed (for serving engines; see README).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
+
+from _flashinfer_triton_alias import install as install_alias, uninstall as uninstall_alias  # noqa: E402,F401
 
 from ._checks import checked  # noqa: F401  (checked mode: value checks before launch)
 
