@@ -148,10 +148,9 @@ def table(rows):
     return markdown_table(header, body)
 
 
-def gpu_demo(args) -> int:
+def gpu_demo(args, dtype=torch.bfloat16, device=torch.device("cuda"), page=16) -> int:
     from benchmarks.harness import environment, write_results
 
-    dtype, device, page = torch.bfloat16, torch.device("cuda"), 16
     env = environment()
     print(f"GPU {env['gpu']}: torch {env['torch']}, triton {env['triton']}, flashinfer {env['flashinfer']}")
     names = available_backends(args.backends)
@@ -171,18 +170,20 @@ def gpu_demo(args) -> int:
     model = hf.build_hf_model(args.model or config, dtype, device)
     weights = DecoderWeights.from_hf(model)
     del model  # the fused QKV / gate-up copies are what the loop reads
-    torch.cuda.empty_cache()
+    if ON_GPU:
+        torch.cuda.empty_cache()
     s = weights.spec
     n_params = sum(t.numel() for t in [weights.embed, weights.norm, weights.lm_head] + [
         x for lw in weights.layers for x in vars(lw).values() if x is not None])
     print(f"\nModel: {s.num_layers} layers, hidden {s.hidden}, {s.num_qo_heads}/{s.num_kv_heads} heads x {s.head_dim}, "
-          f"MLP {s.intermediate}, vocab {s.vocab}, {n_params / 1e9:.2f} B parameters in bf16 "
+          f"MLP {s.intermediate}, vocab {s.vocab}, {n_params / 1e9:.2f} B parameters in "
+          f"{str(dtype).replace('torch.', '')} "
           f"({'checkpoint ' + args.model if args.model else 'random weights'}; {time.perf_counter() - t0:.0f} s)")
 
     num = args.num_requests or (16 if args.quick else 64)
     system, requests = workload(s.vocab, num, args.system_tokens, 128, 8192, args.new_tokens, args.max_batch, args.gap)
     warm = workload(s.vocab, 6, args.system_tokens, 128, 8192, 4, args.max_batch, 1, seed=1)[1]
-    page_bytes = s.num_layers * 2 * page * s.num_kv_heads * s.head_dim * 2
+    page_bytes = s.num_layers * 2 * page * s.num_kv_heads * s.head_dim * weights.embed.element_size()
     need = sum(-(-(len(r.prompt) + r.max_new_tokens) // page) for r in requests) + len(system) // page + 1
     num_pages = min(need, int(args.kv_gb * 2 ** 30) // page_bytes)
     prompt_lens = [len(r.prompt) for r in requests]
@@ -204,7 +205,8 @@ def gpu_demo(args) -> int:
               f"{by['flashinfer_triton']['output_tok_s'] / by['sdpa']['output_tok_s']:.3f}")
     path = write_results("serve", rows, "python3 examples/serve.py " + " ".join(sys.argv[1:]), extra={
         "model": {"layers": s.num_layers, "hidden": s.hidden, "heads": [s.num_qo_heads, s.num_kv_heads],
-                  "head_dim": s.head_dim, "intermediate": s.intermediate, "vocab": s.vocab, "dtype": "bfloat16",
+                  "head_dim": s.head_dim, "intermediate": s.intermediate, "vocab": s.vocab,
+                  "dtype": str(dtype).replace("torch.", ""),
                   "weights": args.model or "random"},
         "workload": {"requests": num, "system_tokens": len(system), "user_tokens": [128, 8192],
                      "new_tokens": args.new_tokens, "max_batch": args.max_batch,
@@ -228,10 +230,10 @@ def cpu_demo(args) -> int:
 
     model = hf.build_hf_model(config, dtype, device)
     weights = DecoderWeights.from_hf(model)
-    num = args.num_requests or 6
-    system, requests = workload(config.vocab_size, num, 20, 8, 64, 8, max_batch=4, gap=3)
+    num = args.num_requests or 5
+    system, requests = workload(config.vocab_size, num, 20, 8, 64, 6, max_batch=4, gap=3)
     print(f"\nServing {num} requests (prompts {min(len(r.prompt) for r in requests)}-"
-          f"{max(len(r.prompt) for r in requests)} tokens incl. a 20-token system prompt, 8 new tokens each; "
+          f"{max(len(r.prompt) for r in requests)} tokens incl. a 20-token system prompt, 6 new tokens each; "
           f"at most 4 in flight, 32 tokens per step) on a {config.num_hidden_layers}-layer hidden-{config.hidden_size} "
           f"Llama-3.1-style model, float32:")
     need = sum(-(-(len(r.prompt) + r.max_new_tokens) // page) for r in requests) + 4

@@ -160,7 +160,8 @@ def rope_inv_freq(rope: RopeSpec, head_dim: int) -> torch.Tensor:
         high_wavelen = rope.old_context_len / rope.high_freq_factor
         wavelen = 2 * math.pi / inv
         scaled = torch.where(wavelen > low_wavelen, inv / rope.factor, inv)
-        smooth = (rope.old_context_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+        smooth = ((rope.old_context_len / wavelen - rope.low_freq_factor)
+                  / (rope.high_freq_factor - rope.low_freq_factor))
         smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         inv = torch.where(medium, smoothed, scaled)

@@ -58,10 +58,11 @@ class ModelSpec:
         if getattr(config, "mlp_bias", False):
             raise NotImplementedError("mlp_bias=True: MLP projections with bias are not implemented")
         if getattr(config, "use_sliding_window", False):
-            raise NotImplementedError("use_sliding_window=True: sliding-window attention layers are not implemented here")
+            raise NotImplementedError("use_sliding_window=True: sliding-window attention is not implemented here")
         layer_types = getattr(config, "layer_types", None)
         if layer_types and any(t != "full_attention" for t in layer_types):
-            raise NotImplementedError(f"layer_types={sorted(set(layer_types))}: only full-attention layers are implemented")
+            raise NotImplementedError(f"layer_types={sorted(set(layer_types))}: only full-attention layers are "
+                                      f"implemented")
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return cls(num_layers=config.num_hidden_layers, hidden=config.hidden_size, num_qo_heads=heads,
