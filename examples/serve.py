@@ -266,7 +266,10 @@ def main() -> int:
     bad = [b for b in args.backends if b not in BACKENDS]
     if bad:
         ap.error(f"--backends: unknown {bad}; expected a subset of {list(BACKENDS)}")
-    return gpu_demo(args) if ON_GPU else cpu_demo(args)
+    t0 = time.perf_counter()
+    status = gpu_demo(args) if ON_GPU else cpu_demo(args)
+    print(f"serve.py: {time.perf_counter() - t0:.0f} s in all")
+    return status
 
 
 if __name__ == "__main__":
