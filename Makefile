@@ -7,7 +7,8 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 TORCH_CPU := torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-CPU_DEPS := $(TORCH_CPU) triton==3.9.0 numpy pytest pytest-xdist matplotlib hypothesis
+# transformers: model definitions of the serving demo and its test (the pyproject's `demo` extra).
+CPU_DEPS := $(TORCH_CPU) triton==3.9.0 numpy pytest pytest-xdist matplotlib hypothesis transformers==5.17.0
 HAS_GPU := $(shell $(PY) -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1 && echo 1)
 
 .PHONY: demo test test-interpret test-aot test-gpu bench venv clean
@@ -20,13 +21,17 @@ $(VENV)/.stamp: pyproject.toml Makefile
 	$(VPY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-# Main job: the decode benchmark on a GPU; a correctness demo through the Triton interpreter otherwise.
+# Main job. GPU: serve a request stream through an 8B-shaped model on our kernels, FlashInfer's and
+# SDPA (examples/serve.py; DEMO_ARGS=--quick for fewer requests), then the decode benchmark.
+# CPU: the same serving loop at a tiny size through the Triton interpreter.
+DEMO_ARGS ?=
 demo:
 ifeq ($(HAS_GPU),1)
-	PYTHONPATH=$(CURDIR) $(PY) benchmarks/bench_decode.py --plot
+	PYTHONPATH=$(CURDIR) $(PY) examples/serve.py $(DEMO_ARGS); status=$$?; \
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/bench_decode.py --plot && exit $$status
 else
 	$(MAKE) venv
-	TRITON_INTERPRET=1 $(VPY) examples/cpu_demo.py
+	TRITON_INTERPRET=1 $(VPY) examples/serve.py $(DEMO_ARGS)
 endif
 
 # CPU tiers: kernels under the interpreter, then an ahead-of-time compile for cuda:90 and hip:gfx942.
