@@ -38,7 +38,7 @@ endif
 test: venv test-interpret test-aot
 
 test-interpret: venv
-	TRITON_INTERPRET=1 $(VPY) -m pytest -q -m "not gpu" --ignore=tests/test_aot_compile.py tests
+	TRITON_INTERPRET=1 $(VPY) -m pytest -q -n 2 -m "not gpu" --ignore=tests/test_aot_compile.py tests
 
 test-aot: venv
 	$(VPY) -m pytest -q -n 2 tests/test_aot_compile.py

@@ -642,7 +642,6 @@ def test_sglang_extend_ragged_no_prefix(fi):
 # What the engines read off the wrappers, one behaviour per test
 
 
-@needs(NEEDS_FA2)
 @pytest.mark.parametrize("name", ["BatchDecodeWithPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper",
                                   "BatchPrefillWithRaggedKVCacheWrapper"])
 def test_backend_fa2_is_accepted(fi, name):
