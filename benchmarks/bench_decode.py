@@ -85,8 +85,13 @@ def main():
         res["flashinfer_triton"] = time_graph(lambda: ours.run(q, cache, out=out), reps=args.reps)
         host_run = host_time(lambda: ours.run(q, cache, out=out))
         host_plan = host_time(lambda: ours.plan(indptr, indices, last, HQ, HKV, D, PAGE, q_data_type=DTYPE), reps=50)
+        # FlashInfer's users (vLLM, SGLang) pass indptr and last_page_len on the host, page ids on the device.
+        indptr_h, last_h = indptr.cpu(), last.cpu()
+        host_plan_cpu = host_time(lambda: ours.plan(indptr_h, indices, last_h, HQ, HKV, D, PAGE, q_data_type=DTYPE),
+                                  reps=50)
+        ours.plan(indptr, indices, last, HQ, HKV, D, PAGE, q_data_type=DTYPE)
         ref = ours.run(q, cache)
-        fi_host_run = fi_host_plan = float("nan")
+        fi_host_run = fi_host_plan = fi_host_plan_cpu = float("nan")
         if fi is not None:
             for tc, label in ((False, "flashinfer"), (True, "flashinfer_tc")):
                 try:
@@ -103,6 +108,8 @@ def main():
                         fi_host_run = host_time(lambda: w.run(q, cache, out=o_fi))
                         fi_host_plan = host_time(lambda: w.plan(indptr, indices, last, HQ, HKV, D, PAGE, q_data_type=DTYPE,
                                                                 kv_data_type=DTYPE), reps=50)
+                        fi_host_plan_cpu = host_time(lambda: w.plan(indptr_h, indices, last_h, HQ, HKV, D, PAGE,
+                                                                    q_data_type=DTYPE, kv_data_type=DTYPE), reps=50)
                 except Exception as exc:  # noqa: BLE001
                     print(f"  {label} failed on {name}: {type(exc).__name__}: {exc}")
         if len(set(lens)) == 1 and sum(lens) <= 1 << 20:
@@ -123,18 +130,21 @@ def main():
             rows.append(dict(system=system, batch=len(lens), kv_len=max(lens), total_kv=sum(lens), name=name, us=us,
                              tbps=nbytes / (us * 1e-6) / 1e12))
         rows.append(dict(system="flashinfer_triton", name=name, batch=len(lens), kv_len=max(lens), kind="host",
-                         run_host_us=host_run, plan_host_us=host_plan, fi_run_host_us=fi_host_run, fi_plan_host_us=fi_host_plan))
+                         run_host_us=host_run, plan_host_us=host_plan, fi_run_host_us=fi_host_run, fi_plan_host_us=fi_host_plan,
+                         plan_host_cpu_tables_us=host_plan_cpu, fi_plan_host_cpu_tables_us=fi_host_plan_cpu))
         tb = nbytes / (res["flashinfer_triton"] * 1e-6) / 1e12
         table.append([name, res["flashinfer_triton"], tb, res.get("flashinfer", float("nan")), res.get("flashinfer_tc", float("nan")),
                       nbytes / (best_fi * 1e-6) / 1e12 if not math.isnan(best_fi) else float("nan"), ratio,
-                      res.get("sdpa", float("nan")), host_run, fi_host_run, host_plan, fi_host_plan])
+                      res.get("sdpa", float("nan")), host_run, fi_host_run, host_plan, fi_host_plan, host_plan_cpu,
+                      fi_host_plan_cpu])
         print(f"{name:>10}: ours {res['flashinfer_triton']:.1f} us ({tb:.2f} TB/s)  fi {res.get('flashinfer', float('nan')):.1f}  "
               f"fi_tc {res.get('flashinfer_tc', float('nan')):.1f}  speedup {ratio:.3f}  host run {host_run:.1f} us plan {host_plan:.1f} us",
               flush=True)
         del cache
         torch.cuda.empty_cache()
     header = ["batch", "ours us", "ours TB/s", "FI us", "FI tc us", "FI best TB/s", "FI best / ours", "sdpa us",
-              "run host us", "FI run host us", "plan host us", "FI plan host us"]
+              "run host us", "FI run host us", "plan host us", "FI plan host us", "plan host us (CPU tables)",
+              "FI plan host us (CPU tables)"]
     md = markdown_table(header, table)
     env = environment()
     summary = (f"GPU {env['gpu']}, torch {env['torch']}, triton {env['triton']}, flashinfer {env['flashinfer']}; "

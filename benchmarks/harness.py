@@ -137,20 +137,42 @@ def environment() -> Dict[str, str]:
     return env
 
 
-def write_results(name: str, rows: List[dict], command: str, extra: Optional[dict] = None) -> str:
-    """Write ``benchmarks/results/<name>.json`` (the latest run: environment, command, rows)."""
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = os.path.join(RESULTS_DIR, f"{name}.json")
-    payload = {"environment": environment(), "command": command, "rows": rows}
+def write_results(name: str, rows: List[dict], command: str, extra: Optional[dict] = None,
+                  directory: Optional[str] = None) -> str:
+    """Append one run (environment, command, rows with the GPU on each) to
+    ``benchmarks/results/<name>.json`` (``{"runs": [...]}``, oldest first); earlier runs are kept.
+    A copy of this run alone goes to ``$OUT/<name>.json`` when ``OUT`` is set (the device machine)."""
+    directory = directory or RESULTS_DIR
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{name}.json")
+    env = environment()
+    run = {"environment": env, "command": command,
+           "rows": [{"gpu": env["gpu"], **row} for row in rows]}
     if extra:
-        payload.update(extra)
+        run.update(extra)
+    runs = []
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        runs = old["runs"] if "runs" in old else [old]  # files from before runs were appended
+    runs.append(run)
     with open(path, "w") as f:
-        json.dump(payload, f, indent=1)
+        json.dump({"runs": runs}, f, indent=1)
     out = os.environ.get("OUT")
     if out:
         with open(os.path.join(out, f"{name}.json"), "w") as f:
-            json.dump(payload, f, indent=1)
+            json.dump(run, f, indent=1)
     return path
+
+
+def latest_run(name: str, directory: Optional[str] = None) -> Optional[dict]:
+    """The newest run of ``benchmarks/results/<name>.json``, or None."""
+    path = os.path.join(directory or RESULTS_DIR, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    return data["runs"][-1] if "runs" in data else data
 
 
 def markdown_table(header: List[str], rows: List[List[object]]) -> str:

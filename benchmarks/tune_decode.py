@@ -1,72 +1,119 @@
-"""Sweep decode launch configurations (BLOCK_N, warps, stages, split target) on a few shapes, to pick
-the table in kernels/attention.py. Prints the best per shape.
+"""Sweep the decode entries of this GPU's config table (block shape, pipeline depth, page-granular
+gathers) and its split-KV policy, through the real plan/run path (``config.table_override``), on the
+decode benchmark's shapes. Every measurement is appended to
+``benchmarks/results/tune/decode-<family>.json`` (GPU, versions, date, command); the table in
+``flashinfer_triton/attention/config.py`` cites that file. A configuration that fails to compile or
+launch is reported and recorded as failed, never silently skipped.
 
-    PYTHONPATH=. python3 benchmarks/tune_decode.py
+    PYTHONPATH=. python3 benchmarks/tune_decode.py [--quick] [--reps 20]
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import math
 import os
 import sys
+import time
+import traceback
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_decode import D, DTYPE, HKV, HQ, PAGE, kv_bytes, make_batch  # noqa: E402
-from benchmarks.harness import time_graph  # noqa: E402
+from benchmarks.harness import RESULTS_DIR, copy_ceiling_tbps, time_graph, write_results  # noqa: E402
 import flashinfer_triton  # noqa: E402
-from flashinfer_triton import _scheduler, decode  # noqa: E402
+from flashinfer_triton.attention import config  # noqa: E402
+from flashinfer_triton.attention.device import device_info  # noqa: E402
 
-SHAPES = {"1x512": [512], "16x8192": [8192] * 16, "64x32768": [32768] * 64, "256x2048": [2048] * 256,
-          "1x131072": [131072]}
+SHAPES = {"1x512": [512], "16x512": [512] * 16, "256x512": [512] * 256, "16x8192": [8192] * 16,
+          "64x8192": [8192] * 64, "16x32768": [32768] * 16, "64x32768": [32768] * 64, "1x131072": [131072]}
+QUICK = ("1x512", "256x512", "16x32768", "64x32768")
+
+
+def skew64():
+    gen = torch.Generator().manual_seed(0)
+    ranks = torch.arange(1, 65, dtype=torch.float64)
+    lens = (32768 / ranks ** 1.1).clamp(min=16).round().long()
+    return lens[torch.randperm(64, generator=gen)].tolist()
+
+
+def measure(ws, batch, reps):
+    cache, indptr, indices, last, q, lens = batch
+    w = flashinfer_triton.BatchDecodeWithPagedKVCacheWrapper(ws)
+    w.plan(indptr, indices, last, HQ, HKV, D, PAGE, q_data_type=DTYPE)
+    out = torch.empty_like(q)
+    us = time_graph(lambda: w.run(q, cache, out=out), reps=reps, warmup=3)
+    return us, w.planned.plan.num_items, w.planned.plan.chunk_size
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--budget-s", type=float, default=240.0, help="stop sweeping block shapes after this long")
+    args = ap.parse_args()
+    info = device_info(torch.device("cuda"))
+    family = info.family
+    base = config.TABLES.get(family, config.TABLES["default"])
     ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-    original = decode.decode_block_config
-    results = {}
-    for name, lens in SHAPES.items():
+    names = [n for n in SHAPES if not args.quick or n in QUICK] + ([] if args.quick else ["skew64"])
+    batches = {}
+    for name in names:
+        lens = SHAPES.get(name) or skew64()
         cache, indptr, indices, last, q = make_batch(lens)
-        out = torch.empty_like(q)
-        best = None
-        for bn, warps, stages, ppc in itertools.product((32, 64, 128), (2, 4, 8), (1, 2, 3, 4), (2, 4, 8)):
-            if bn == 128 and warps == 2:
-                continue
-            decode.decode_block_config = lambda g, d, bn=bn, w=warps, s=stages: (max(16, triton_pow2(g)), bn, w, s)
-            _scheduler.PROGRAMS_PER_CU = ppc
-            try:
-                w = flashinfer_triton.BatchDecodeWithPagedKVCacheWrapper(ws)
-                w.plan(indptr, indices, last, HQ, HKV, D, PAGE, q_data_type=DTYPE)
-                us = time_graph(lambda: w.run(q, cache, out=out), reps=20, warmup=2)
-            except Exception as exc:  # noqa: BLE001
-                print(f"{name} bn={bn} w={warps} s={stages} ppc={ppc}: {type(exc).__name__}")
-                continue
-            tb = kv_bytes(lens) / (us * 1e-6) / 1e12
-            results[(name, bn, warps, stages, ppc)] = us
-            if best is None or us < best[0]:
-                best = (us, bn, warps, stages, ppc, tb)
-        print(f"BEST {name}: {best[0]:.1f} us {best[5]:.2f} TB/s  BLOCK_N={best[1]} warps={best[2]} stages={best[3]} ppc={best[4]}",
-              flush=True)
-        del cache
-        torch.cuda.empty_cache()
-    decode.decode_block_config = original
-    # Configs ranked by geometric-mean time over shapes.
-    import math
+        batches[name] = (cache, indptr, indices, last, q, lens)
+    ceiling = copy_ceiling_tbps()
+    rows = []
+    t0 = time.time()
 
-    keys = sorted({k[1:] for k in results})
-    scored = []
-    for k in keys:
-        ts = [results.get((n,) + k) for n in SHAPES]
-        if all(t is not None for t in ts):
-            scored.append((math.exp(sum(math.log(t) for t in ts) / len(ts)), k, ts))
-    scored.sort()
-    for s, k, ts in scored[:10]:
-        print(f"geo {s:.1f}  BLOCK_N={k[0]} warps={k[1]} stages={k[2]} ppc={k[3]}  " + " ".join(f"{t:.1f}" for t in ts))
+    def run_all(stage, label, **fields):
+        times = {}
+        with config.table_override(family, **fields):
+            for name in names:
+                try:
+                    us, items, chunk = measure(ws, batches[name], args.reps)
+                except Exception as exc:  # noqa: BLE001 - recorded, and the sweep goes on
+                    print(f"  FAILED {label} {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+                    rows.append(dict(stage=stage, config=label, shape=name, failed=f"{type(exc).__name__}: {exc}"[:300]))
+                    times[name] = float("nan")
+                    continue
+                tb = kv_bytes(batches[name][5]) / (us * 1e-6) / 1e12
+                rows.append(dict(stage=stage, config=label, shape=name, us=us, tbps=tb, items=items, chunk=chunk))
+                times[name] = us
+        ok = [t for t in times.values() if not math.isnan(t)]
+        geo = math.exp(sum(math.log(t) for t in ok) / len(ok)) if len(ok) == len(times) else float("nan")
+        print(f"{stage} {label:>44}: geo {geo:8.1f} us  " + " ".join(f"{n}={t:.1f}" for n, t in times.items()), flush=True)
+        return geo, times
 
-
-def triton_pow2(n):
-    return 1 << (n - 1).bit_length() if n > 1 else 1
+    # Stage 1: the decode block shape for D=128 (BLOCK_N, warps, stages) and page-granular gathers.
+    shapes = []
+    for block_n, warps, stages, gather in itertools.product((64, 128), (4, 8), (2, 3, 4), (False, True)):
+        if block_n * D * 2 * 2 * stages > info.shared_memory:  # K + V tiles per stage, bf16
+            continue
+        shapes.append((block_n, warps, stages, gather))
+    best = None
+    for block_n, warps, stages, gather in shapes:
+        if time.time() - t0 > args.budget_s:
+            print(f"budget of {args.budget_s:.0f} s reached: the remaining shapes are not measured")
+            break
+        decode = dict(base.decode)
+        decode[128] = config.BlockShape(16, block_n, warps, stages)
+        label = f"bn{block_n} w{warps} s{stages} gather{int(gather)}"
+        geo, _ = run_all("shape", label, decode=decode, page_gather=gather)
+        if not math.isnan(geo) and (best is None or geo < best[0]):
+            best = (geo, decode, gather, label)
+    print(f"best shape: {best[3]} (geo {best[0]:.1f} us)")
+    # Stage 2: the split policy with the best shape.
+    for ppc, fill, min_chunk, skew in itertools.product((1, 2, 3, 4), (1, 2), (128, 256, 512), (4,)):
+        policy = config.SplitPolicy(ppc, fill, min_chunk, skew)
+        run_all("split", f"ppc{ppc} fill{fill} min{min_chunk} skew{skew}", decode=best[1], page_gather=best[2],
+                decode_split=policy)
+    command = "PYTHONPATH=. python3 benchmarks/tune_decode.py " + " ".join(sys.argv[1:])
+    path = write_results(f"decode-{family}", rows, command, extra={"copy_ceiling_tbps": ceiling, "best_shape": best[3]},
+                         directory=os.path.join(RESULTS_DIR, "tune"))
+    print(f"sweep rows: {path}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ AOT tier compiles every configuration these tables can produce for every target
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, replace
 from typing import Dict, Tuple
 
 import torch
@@ -149,3 +150,15 @@ def select_config(opts: AttentionOptions, device: DeviceInfo, max_qo_len: int, t
 def split_policy(device: DeviceInfo, decode: bool) -> SplitPolicy:
     table = table_for(device)
     return table.decode_split if decode else table.prefill_split
+
+
+@contextlib.contextmanager
+def table_override(family: str, **fields):
+    """Run with some fields of one device family's table replaced (the tuners' hook: they measure
+    candidate entries through the real plan/run path). ``fields`` are ``DeviceTable`` fields."""
+    previous = TABLES.get(family, _DEFAULT)
+    TABLES[family] = replace(previous, source="tuning override", **fields)
+    try:
+        yield TABLES[family]
+    finally:
+        TABLES[family] = previous
