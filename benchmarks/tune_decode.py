@@ -29,7 +29,7 @@ from flashinfer_triton.attention.device import device_info  # noqa: E402
 
 SHAPES = {"1x512": [512], "16x512": [512] * 16, "256x512": [512] * 256, "16x8192": [8192] * 16,
           "64x8192": [8192] * 64, "16x32768": [32768] * 16, "64x32768": [32768] * 64, "1x131072": [131072]}
-QUICK = ("1x512", "256x512", "16x32768", "64x32768")
+QUICK = ("1x512", "16x512", "256x512", "16x8192", "16x32768", "64x32768", "1x131072")
 
 
 def skew64():
@@ -53,12 +53,14 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--budget-s", type=float, default=240.0, help="stop sweeping block shapes after this long")
+    ap.add_argument("--block-n", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--ppc", type=int, nargs="+", default=[2, 3, 4, 6, 8], help="programs per compute unit to try")
     args = ap.parse_args()
     info = device_info(torch.device("cuda"))
     family = info.family
     base = config.TABLES.get(family, config.TABLES["default"])
     ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-    names = [n for n in SHAPES if not args.quick or n in QUICK] + ([] if args.quick else ["skew64"])
+    names = [n for n in SHAPES if not args.quick or n in QUICK] + ["skew64"]
     batches = {}
     for name in names:
         lens = SHAPES.get(name) or skew64()
@@ -87,31 +89,30 @@ def main():
         print(f"{stage} {label:>44}: geo {geo:8.1f} us  " + " ".join(f"{n}={t:.1f}" for n, t in times.items()), flush=True)
         return geo, times
 
-    # Stage 1: the decode block shape for D=128 (BLOCK_N, warps, stages) and page-granular gathers.
+    # Stage 1: the decode block shape for D=128 (BLOCK_N, warps, stages).
     shapes = []
-    for block_n, warps, stages, gather in itertools.product((64, 128), (4, 8), (2, 3, 4), (False, True)):
+    for block_n, warps, stages in itertools.product(args.block_n, (4, 8), (2, 3, 4)):
         if block_n * D * 2 * 2 * stages > info.shared_memory:  # K + V tiles per stage, bf16
             continue
-        shapes.append((block_n, warps, stages, gather))
+        shapes.append((block_n, warps, stages))
     best = None
-    for block_n, warps, stages, gather in shapes:
+    for block_n, warps, stages in shapes:
         if time.time() - t0 > args.budget_s:
             print(f"budget of {args.budget_s:.0f} s reached: the remaining shapes are not measured")
             break
         decode = dict(base.decode)
         decode[128] = config.BlockShape(16, block_n, warps, stages)
-        label = f"bn{block_n} w{warps} s{stages} gather{int(gather)}"
-        geo, _ = run_all("shape", label, decode=decode, page_gather=gather)
+        label = f"bn{block_n} w{warps} s{stages}"
+        geo, _ = run_all("shape", label, decode=decode)
         if not math.isnan(geo) and (best is None or geo < best[0]):
-            best = (geo, decode, gather, label)
-    print(f"best shape: {best[3]} (geo {best[0]:.1f} us)")
+            best = (geo, decode, label)
+    print(f"best shape: {best[2]} (geo {best[0]:.1f} us)")
     # Stage 2: the split policy with the best shape.
-    for ppc, fill, min_chunk, skew in itertools.product((1, 2, 3, 4), (1, 2), (128, 256, 512), (4,)):
+    for ppc, fill, min_chunk, skew in itertools.product(args.ppc, (2,), (256, 512, 1024), (4,)):
         policy = config.SplitPolicy(ppc, fill, min_chunk, skew)
-        run_all("split", f"ppc{ppc} fill{fill} min{min_chunk} skew{skew}", decode=best[1], page_gather=best[2],
-                decode_split=policy)
+        run_all("split", f"ppc{ppc} fill{fill} min{min_chunk} skew{skew}", decode=best[1], decode_split=policy)
     command = "PYTHONPATH=. python3 benchmarks/tune_decode.py " + " ".join(sys.argv[1:])
-    path = write_results(f"decode-{family}", rows, command, extra={"copy_ceiling_tbps": ceiling, "best_shape": best[3]},
+    path = write_results(f"decode-{family}", rows, command, extra={"copy_ceiling_tbps": ceiling, "best_shape": best[2]},
                          directory=os.path.join(RESULTS_DIR, "tune"))
     print(f"sweep rows: {path}")
 

@@ -5,12 +5,16 @@ set -o pipefail
 for step in "$@"; do
   echo "=== $step [$(date +%T)]"
   case $step in
-    tests-attn) timeout 300 python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_decode.py tests/test_prefill.py \
-                  tests/test_cascade.py tests/test_merge_state.py 2>&1 | tail -40 | tee $OUT/tests_attn.log ;;
-    tests-rest) timeout 300 python3 -m pytest -q -n 8 -p no:cacheprovider tests --ignore=tests/test_aot_compile.py \
+    tests-attn) timeout 300 python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short tests/test_decode.py \
+                  tests/test_prefill.py tests/test_cascade.py tests/test_merge_state.py > $OUT/tests_attn.log 2>&1;
+                grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests_attn.log | tail -25 ;;
+    tests-rest) timeout 300 python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short tests --ignore=tests/test_aot_compile.py \
                   --ignore=tests/test_decode.py --ignore=tests/test_prefill.py --ignore=tests/test_cascade.py \
-                  --ignore=tests/test_merge_state.py 2>&1 | tail -40 | tee $OUT/tests_rest.log ;;
-    tune-decode) timeout 330 python3 benchmarks/tune_decode.py --quick --budget-s 200 2>&1 | tee $OUT/tune_decode.log | tail -60 ;;
+                  --ignore=tests/test_merge_state.py > $OUT/tests_rest.log 2>&1;
+                grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests_rest.log | tail -25 ;;
+    tests) timeout 420 python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short tests --ignore=tests/test_aot_compile.py \
+                  > $OUT/tests_all.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests_all.log | tail -30 ;;
+    tune-decode) timeout 330 python3 benchmarks/tune_decode.py --quick --budget-s 150 --block-n 128 2>&1 | tee $OUT/tune_decode.log | tail -60 ;;
     tune-prefill) timeout 300 python3 benchmarks/tune_prefill.py --budget-s 200 2>&1 | tee $OUT/tune_prefill.log | tail -30 ;;
     bench-decode) timeout 300 python3 benchmarks/bench_decode.py --plot --reps 30 2>&1 | tee $OUT/bench_decode.log | tail -30 ;;
     bench-decode-quick) timeout 200 python3 benchmarks/bench_decode.py --quick --reps 20 2>&1 | tee $OUT/bench_decode.log | tail -20 ;;

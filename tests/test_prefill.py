@@ -490,7 +490,9 @@ def test_bad_inputs_raise_clear_errors():
         flashinfer.BatchPrefillWithPagedKVCacheWrapper(_workspace(), kv_layout="NDH")
     with pytest.raises(ValueError, match="qo_indptr_buf"):
         flashinfer.BatchPrefillWithPagedKVCacheWrapper(_workspace(), use_cuda_graph=True)
-    w.plan(qo_indptr, kv_indptr, indices, last, hq, hkv, d, page_size, q_data_type=dtype)
+    # Page ids on the device are range-checked in checked mode (FlashInfer checks none).
+    with flashinfer.checked():
+        w.plan(qo_indptr, kv_indptr, indices, last, hq, hkv, d, page_size, q_data_type=dtype)
     with pytest.raises(ValueError, match="q: expected shape"):
         w.run(q[:-1], cache)
     with pytest.raises(TypeError, match="q: expected dtype"):

@@ -25,8 +25,10 @@ def check_plan(plan, qo_lens, kv_lens, tile_q, block_n, causal, fixed=None):
     f = unpack(plan)
     batch = len(kv_lens)
     qo_indptr = np.concatenate([[0], np.cumsum(qo_lens)])
-    assert (f["qo_indptr"] == qo_indptr).all() and (f["kv_len"] == kv_lens).all()
     items = [i for i in range(plan.grid_items) if f["item_req"][i] >= 0]
+    req = f["item_req"][items]
+    assert (f["item_qo_begin"][items] == qo_indptr[req]).all() and (f["item_qo_len"][items] == qo_lens[req]).all()
+    assert (f["item_kv_len"][items] == kv_lens[req]).all()
     assert len(items) == plan.num_items
     assert (f["item_req"][plan.num_items:] == -1).all(), "padding items must carry request -1"
     if plan.chunk_size:
@@ -41,35 +43,41 @@ def check_plan(plan, qo_lens, kv_lens, tile_q, block_n, causal, fixed=None):
         assert 0 <= lo <= hi <= kv_lens[b] and lo % block_n == 0
         if plan.chunk_size:
             assert hi - lo <= plan.chunk_size
-        covered.setdefault((b, q0), []).append((lo, hi, int(f["item_chunk"][i])))
-    for b in range(batch):
-        tiles = -(-qo_lens[b] // tile_q)
-        for t in range(tiles):
-            chunks = sorted(covered.get((b, t * tile_q), []))
-            assert chunks, f"request {b} tile {t} has no item"
-            # The chunks of a tile tile [0, kv_len) exactly, in chunk order.
-            assert chunks[0][0] == 0 and chunks[-1][1] == kv_lens[b]
-            assert all(a[1] == c[0] for a, c in zip(chunks, chunks[1:]))
-            assert [c[2] for c in chunks] == list(range(len(chunks)))
-            assert len(chunks) == f["num_chunks"][b]
-        assert sum(1 for k in covered if k[0] == b) == tiles
-    # Split requests: disjoint partial-row ranges and merge-counter ranges, inside the totals.
+        covered.setdefault((b, q0), []).append(dict(lo=lo, hi=hi, chunk=int(f["item_chunk"][i]),
+                                                    n=int(f["item_num_chunks"][i]), base=int(f["item_part_base"][i]),
+                                                    counter=int(f["item_counter"][i])))
     rows, counters = [], []
     for b in range(batch):
-        if f["part_base"][b] >= 0:
-            assert f["num_chunks"][b] > 1
-            rows.append((f["part_base"][b], f["part_base"][b] + f["num_chunks"][b] * qo_lens[b]))
-            counters.append((f["counter_base"][b], f["counter_base"][b] + -(-qo_lens[b] // tile_q)))
-        else:
-            assert f["num_chunks"][b] == 1 or qo_lens[b] == 0
+        tiles = -(-qo_lens[b] // tile_q)
+        bases = set()
+        for t in range(tiles):
+            chunks = sorted(covered.get((b, t * tile_q), []), key=lambda c: c["lo"])
+            assert chunks, f"request {b} tile {t} has no item"
+            # The chunks of a tile tile [0, kv_len) exactly, in chunk order.
+            assert chunks[0]["lo"] == 0 and chunks[-1]["hi"] == kv_lens[b]
+            assert all(a["hi"] == c["lo"] for a, c in zip(chunks, chunks[1:]))
+            assert [c["chunk"] for c in chunks] == list(range(len(chunks)))
+            assert all(c["n"] == len(chunks) for c in chunks)
+            assert len({(c["base"], c["counter"]) for c in chunks}) == 1, "a tile's chunks share one merge"
+            bases.add(chunks[0]["base"])
+            if len(chunks) > 1:
+                counters.append((chunks[0]["counter"], chunks[0]["counter"] + 1))
+            else:
+                assert chunks[0]["base"] == -1, "an unsplit request writes no partials"
+        assert sum(1 for k in covered if k[0] == b) == tiles
+        assert len(bases) <= 1, "one partial-row base per request"
+        if bases and bases != {-1}:
+            base = bases.pop()
+            rows.append((base, base + covered[(b, 0)][0]["n"] * qo_lens[b]))
+    # Split requests: disjoint partial-row ranges and merge counters, inside the plan's totals.
     for spans, total in ((rows, plan.num_partial_rows), (counters, plan.num_counters)):
         spans.sort()
         assert all(a[1] <= c[0] for a, c in zip(spans, spans[1:]))
         assert not spans or spans[-1][1] <= total
     assert plan.num_split_requests == len(rows)
     if causal and plan.num_items > 1:
-        f_q_last = np.minimum(f["item_q_start"] + tile_q, qo_indptr[1:][f["item_req"]] - qo_indptr[:-1][f["item_req"]])
-        work = [min(f["item_kv_end"][i], f_q_last[i] + kv_lens[f["item_req"][i]] - qo_lens[f["item_req"][i]])
+        f_q_last = np.minimum(f["item_q_start"] + tile_q, f["item_qo_len"])
+        work = [min(f["item_kv_end"][i], f_q_last[i] + f["item_kv_len"][i] - f["item_qo_len"][i])
                 - f["item_kv_start"][i] for i in items]
         assert all(a >= c for a, c in zip(work, work[1:])), "causal items must run longest first"
 

@@ -20,7 +20,6 @@ from .device import DeviceInfo
 from .options import AttentionOptions
 
 FP32_BLOCK_N = 16  # KV block for float32 operands (one stage): fits MI300X's 64 KB LDS
-GATHER_PAGE_SIZES = (8, 16, 32, 64, 128)  # constexpr page sizes of the page-granular gather
 
 
 @dataclass(frozen=True)
@@ -48,12 +47,13 @@ class DeviceTable:
     prefill: Dict[int, Tuple[Tuple[int, int, BlockShape], ...]]  # by BLOCK_D: (min max_qo_len, min rows, shape)
     decode_split: SplitPolicy
     prefill_split: SplitPolicy
-    page_gather: bool                      # page-granular KV gathers for power-of-two page sizes
     masked_prefill_max_stages: int         # custom masks / in-kernel RoPE keep more tiles live
 
 
-_HOPPER_SOURCE = ("architecture defaults carried over from the H100 sweeps of sessions before 2026-12 "
-                  "(their outputs were not kept); re-measured by benchmarks/tune_decode.py and tune_prefill.py")
+_HOPPER_SOURCE = ("decode and decode_split: benchmarks/results/tune/decode-h200.json (H200, Triton 3.6, "
+                  "2026-12-01: bn128/w4/s2 led the geometric mean over 1x512..64x32768; 4 programs per SM, "
+                  "fill 2, min chunk 512 led the split sweep); prefill: carried over from H100 sweeps of "
+                  "earlier sessions whose outputs were not kept (benchmarks/tune_prefill.py re-measures them)")
 _HOPPER = DeviceTable(
     source=_HOPPER_SOURCE,
     decode={64: BlockShape(16, 128, 4, 2), 128: BlockShape(16, 128, 4, 2), 256: BlockShape(16, 64, 4, 2)},
@@ -63,9 +63,8 @@ _HOPPER = DeviceTable(
               (0, 0, BlockShape(64, 64, 4, 3))),
         256: ((0, 0, BlockShape(128, 64, 8, 2)),),
     },
-    decode_split=SplitPolicy(programs_per_cu=2, fill_programs_per_cu=2, min_chunk_tokens=256, skew_factor=4),
+    decode_split=SplitPolicy(programs_per_cu=4, fill_programs_per_cu=2, min_chunk_tokens=512, skew_factor=4),
     prefill_split=SplitPolicy(programs_per_cu=2, fill_programs_per_cu=1, min_chunk_tokens=256, skew_factor=4),
-    page_gather=False,
     masked_prefill_max_stages=2,
 )
 # MI300X (CDNA3): 64 KB LDS, 64-lane wavefronts. Not measured on an MI300X: the Hopper shapes, which
@@ -84,15 +83,13 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
-    page_size: int       # constexpr page size of the page-granular gather; 0: read at run time
     merge_block_c: int   # chunks the in-kernel split-KV merge loads at once
     dot_precision: object  # None for bf16/fp16 operands (the target's default), "ieee" for float32
     decode: bool         # one tile covers a request's query rows
 
     @property
     def launch_key(self):
-        return (self.block_m, self.block_n, self.num_warps, self.num_stages, self.page_size, self.merge_block_c,
-                self.dot_precision)
+        return (self.block_m, self.block_n, self.num_warps, self.num_stages, self.merge_block_c, self.dot_precision)
 
 
 def table_for(device: DeviceInfo) -> DeviceTable:
@@ -143,8 +140,7 @@ def select_config(opts: AttentionOptions, device: DeviceInfo, max_qo_len: int, t
                                       f"GQA groups up to 64")
         block_m = 16 if decode else 64
         block_n, warps, stages, precision = FP32_BLOCK_N, 4, 1, "ieee"
-    gather = page_size if (opts.paged and table.page_gather and page_size in GATHER_PAGE_SIZES) else 0
-    return KernelConfig(block_m, block_n, warps, stages, gather, merge_block_c(block_m), precision, decode)
+    return KernelConfig(block_m, block_n, warps, stages, merge_block_c(block_m), precision, decode)
 
 
 def split_policy(device: DeviceInfo, decode: bool) -> SplitPolicy:

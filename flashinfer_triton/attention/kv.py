@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .. import _checks
 from .._utils import check_int32_index, check_tensor
 from .options import KV_DTYPES
 
@@ -152,6 +153,7 @@ def read_page_table(indptr: torch.Tensor, indices: torch.Tensor, last_page_len: 
     check_int32_index(n_indices, indices)
     check_int32_index(n_last, last_page_len, numel=batch)
     page_size = check_page_size(page_size)
+    read_ids = read_ids or _checks.ENABLED  # checked mode: device page ids too (then run() range-checks them)
     host = host_int64([indptr, last_page_len] + list(extra) + ([indices] if read_ids else []))
     indptr_h, last_h = host[: batch + 1], host[batch + 1: 2 * batch + 1]
     extra_h, pos = [], 2 * batch + 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -34,6 +34,24 @@ def dummy(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 _NO_SCALARS = (0.0, 0.0, 0.0, 0.0)
 
+# Every (options, config) a launcher was built for, by id: the torch.library op names its kernel
+# configuration by this id (registered eagerly at plan(), never while torch.compile traces).
+LAUNCH_CONFIGS: List[Tuple[AttentionOptions, KernelConfig]] = []
+_LAUNCH_IDS: Dict[Tuple[AttentionOptions, KernelConfig], int] = {}
+
+
+def register_launch(opts: AttentionOptions, cfg: KernelConfig) -> int:
+    key = (opts, cfg)
+    index = _LAUNCH_IDS.get(key)
+    if index is None:
+        index = _LAUNCH_IDS[key] = len(LAUNCH_CONFIGS)
+        LAUNCH_CONFIGS.append(key)
+    return index
+
+
+def launch_flags(has_window: bool, write_lse: bool, has_sinks: bool) -> int:
+    return int(has_window) | int(write_lse) << 1 | int(has_sinks) << 2
+
 
 def kernel_constexprs(opts: AttentionOptions, cfg: KernelConfig, has_window: bool, write_lse: bool,
                       has_sinks: bool = False) -> Dict[str, object]:
@@ -41,7 +59,7 @@ def kernel_constexprs(opts: AttentionOptions, cfg: KernelConfig, has_window: boo
     variant = opts.variant
     values = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=opts.head_dim, BLOCK_D=block_d(opts.head_dim),
-        HEAD_DIM_VO=opts.head_dim_vo, BLOCK_DV=block_d(opts.head_dim_vo), PAGED=opts.paged, PAGE_SIZE=cfg.page_size,
+        HEAD_DIM_VO=opts.head_dim_vo, BLOCK_DV=block_d(opts.head_dim_vo), PAGED=opts.paged,
         CAUSAL=opts.causal, HAS_WINDOW=has_window, SOFT_CAP=opts.logits_soft_cap > 0, POS_ENC=opts.pos_enc,
         CUSTOM_MASK=opts.custom_mask, HAS_SINKS=has_sinks, WRITE_LSE=write_lse, MERGE_BLOCK_C=cfg.merge_block_c,
         LOGITS_HOOK=None if variant is None else variant.logits_transform,
@@ -80,6 +98,7 @@ class AttentionLauncher:
         self.f32_dummy = f32
         self.no_params = (f32,) * len(PARAM_TENSORS)
         self._constexprs: Dict[tuple, Dict[str, object]] = {}
+        self.launch_id = register_launch(opts, cfg)
         # Everything fixed for this plan, folded into one hash: the per-call key stays short.
         self.static_key = hash((id(attention_kernel), cfg.launch_key, opts, page_size)
                                + tuple(t.data_ptr() & 15 == 0 for t in self.plan_args if isinstance(t, torch.Tensor)))

@@ -4,33 +4,32 @@ Eager run() calls go straight to ``AttentionLauncher`` (a custom-op boundary cos
 microseconds of host time per call); while ``torch.compile`` traces, the API layer goes through
 ``launch_through_op`` so that ``fullgraph=True`` traces with no graph break. The op carries the
 kernel's runtime arguments as tensors / ints / floats in declaration order (``signature.op_kinds``)
-and a ``launch_id`` naming its constexprs and launch options in a process-wide table (content-keyed:
-a re-plan with the same configuration reuses the id, so it does not retrace).
+and a launch code naming its (options, config) in the process-wide table that plan() fills eagerly
+(content-keyed: a re-plan with the same configuration reuses the code, so it does not retrace).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+import functools
+from typing import List, Optional
 
 import torch
 
 from ..kernels.attention.kernel import attention_kernel
+from .launcher import LAUNCH_CONFIGS, kernel_constexprs, launch_flags
 from .signature import RUNTIME_ARGS, op_kinds
 
 # Outputs and workspace the kernel writes: named op arguments, declared mutated.
 _WRITTEN = ("o_ptr", "lse_ptr", "part_o_ptr", "part_lse_ptr", "merge_counter_ptr")
 _KINDS = op_kinds(RUNTIME_ARGS)
 
-_LAUNCH_IDS: Dict[tuple, int] = {}
-_LAUNCHES: List[Tuple[dict, int, int]] = []
 
-
-def launch_id(constexprs: dict, num_warps: int, num_stages: int) -> int:
-    key = (tuple(constexprs.items()), num_warps, num_stages)
-    if key not in _LAUNCH_IDS:
-        _LAUNCH_IDS[key] = len(_LAUNCHES)
-        _LAUNCHES.append((dict(constexprs), num_warps, num_stages))
-    return _LAUNCH_IDS[key]
+@functools.lru_cache(maxsize=None)
+def _launch(launch: int):
+    """(constexprs, warps, stages) of a launch code: ``launch_id * 8 + launch_flags(...)``."""
+    opts, cfg = LAUNCH_CONFIGS[launch >> 3]
+    cx = kernel_constexprs(opts, cfg, bool(launch & 1), bool(launch & 2), bool(launch & 4))
+    return cx, cfg.num_warps, cfg.num_stages
 
 
 @torch.library.custom_op("flashinfer_triton::attention", mutates_args=("out", "lse", "part_o", "part_lse", "counters"))
@@ -49,7 +48,7 @@ def attention_op(out: torch.Tensor, lse: torch.Tensor, part_o: torch.Tensor, par
             args.append(next(it_i))
         else:
             args.append(next(it_f))
-    constexprs, warps, stages = _LAUNCHES[launch]
+    constexprs, warps, stages = _launch(launch)
     attention_kernel[tuple(grid)](*args, **constexprs, num_warps=warps, num_stages=stages)
 
 
@@ -70,8 +69,9 @@ def launch_through_op(launcher, q, kv, out, lse: Optional[torch.Tensor], q_scale
         if name in _WRITTEN:
             continue
         (inputs if kind == "tensor" else ints if kind == "int" else floats).append(values[name])
+    flags = launch_flags(cx["HAS_WINDOW"], cx["WRITE_LSE"], cx["HAS_SINKS"])
     attention_op(*(values[n] for n in _WRITTEN), inputs, ints, floats, list(launcher.grid),
-                 launch_id(cx, launcher.cfg.num_warps, launcher.cfg.num_stages))
+                 launcher.launch_id * 8 + flags)
 
 
 def run_attention(launcher, q, kv, out, lse=None, q_scale: float = 1.0, k_scale: float = 1.0, v_scale: float = 1.0,

@@ -24,8 +24,7 @@ import torch
 from .config import SplitPolicy
 from .signature import META_FIELDS
 
-ITEM_FIELDS = tuple(f for f in META_FIELDS if f.startswith("item_"))
-REQUEST_FIELDS = tuple(f for f in META_FIELDS if not f.startswith("item_"))
+ITEM_FIELDS = META_FIELDS  # every field is per work item (the kernel loads them in one round)
 
 
 @dataclass
@@ -105,16 +104,18 @@ def plan_work(
         chunk = choose_chunk(int(per_tile.dot(tiles)), max_kv, num_tiles * num_kv_heads, block_n, num_kv_heads,
                              num_cus, policy)
 
+    qo_begin = qo_indptr[:-1]
     if chunk == 0 and num_tiles == batch and (tiles == 1).all():
         # Fast path (decode-shaped batches): one item per request, nothing split.
         zeros = np.zeros(batch, dtype=np.int64)
         arrays = {"item_req": np.arange(batch, dtype=np.int64), "item_q_start": zeros, "item_kv_start": zeros,
-                  "item_kv_end": kv_len, "item_chunk": zeros, "part_base": np.full(batch, -1, dtype=np.int64),
-                  "num_chunks": np.ones(batch, dtype=np.int64), "counter_base": zeros}
+                  "item_kv_end": kv_len, "item_chunk": zeros, "item_qo_begin": qo_begin, "item_qo_len": qo_len,
+                  "item_kv_begin": kv_begin, "item_kv_len": kv_len, "item_part_base": np.full(batch, -1, np.int64),
+                  "item_num_chunks": np.ones(batch, dtype=np.int64), "item_counter": zeros}
         num_items, rows, counters, n_split = batch, 0, 0, 0
     else:
         n_chunks = np.maximum(_ceil_div(kv_len, chunk), 1) if chunk > 0 else np.ones(batch, dtype=np.int64)
-        split = n_chunks > 1
+        split = (n_chunks > 1) & (tiles > 0)
         # Items: for each request, tiles x chunks (chunk-major inside a request keeps KV reuse local).
         per_req = tiles * n_chunks
         num_items = int(per_req.sum())
@@ -126,23 +127,24 @@ def plan_work(
         item_q_start = (local // nch) * tile_q
         item_kv_start = item_chunk * chunk
         item_kv_end = np.minimum(item_kv_start + chunk, kv_len[item_req]) if chunk > 0 else kv_len[item_req]
-        if causal and num_items > 1:
-            # Longest-first: a causal tile's work grows with its position; starting the heavy tiles
-            # first keeps them off the tail of the launch.
-            q_last = np.minimum(item_q_start + tile_q, qo_len[item_req]) + (kv_len - qo_len)[item_req]
-            order = np.argsort(-(np.minimum(item_kv_end, q_last) - item_kv_start), kind="stable")
-            item_req, item_q_start, item_chunk = item_req[order], item_q_start[order], item_chunk[order]
-            item_kv_start, item_kv_end = item_kv_start[order], item_kv_end[order]
-        # Partials: request b's rows start at part_base[b], chunk c's at + c * qo_len[b].
+        # Partials: request b's rows start at part_base[b], chunk c's at + c * qo_len[b]; the merge
+        # counter of tile t of request b is counter_base[b] + t.
         part_rows = np.where(split, n_chunks * qo_len, 0)
         part_base = np.where(split, np.cumsum(part_rows) - part_rows, -1)
         split_tiles = np.where(split, tiles, 0)
         counter_base = np.cumsum(split_tiles) - split_tiles
         arrays = {"item_req": item_req, "item_q_start": item_q_start, "item_kv_start": item_kv_start,
-                  "item_kv_end": item_kv_end, "item_chunk": item_chunk, "part_base": part_base,
-                  "num_chunks": n_chunks, "counter_base": counter_base}
+                  "item_kv_end": item_kv_end, "item_chunk": item_chunk, "item_qo_begin": qo_begin[item_req],
+                  "item_qo_len": qo_len[item_req], "item_kv_begin": kv_begin[item_req],
+                  "item_kv_len": kv_len[item_req], "item_part_base": part_base[item_req], "item_num_chunks": nch,
+                  "item_counter": counter_base[item_req] + item_q_start // tile_q}
+        if causal and num_items > 1:
+            # Longest-first: a causal tile's work grows with its position; starting the heavy tiles
+            # first keeps them off the tail of the launch.
+            q_last = np.minimum(item_q_start + tile_q, arrays["item_qo_len"]) + arrays["item_kv_len"] - arrays["item_qo_len"]
+            order = np.argsort(-(np.minimum(item_kv_end, q_last) - item_kv_start), kind="stable")
+            arrays = {name: a[order] for name, a in arrays.items()}
         rows, counters, n_split = int(part_rows.sum()), int(split_tiles.sum()), int(split.sum())
-    arrays.update(qo_indptr=qo_indptr, kv_begin=kv_begin, kv_len=kv_len)
 
     grid_items = num_items
     if pad_items is not None:
@@ -157,7 +159,7 @@ def _pack(arrays, num_items, grid_items, rows, counters, n_split, chunk) -> Work
     offsets = {}
     pos = 0
     for name in META_FIELDS:
-        n = grid_items if name in ITEM_FIELDS else arrays[name].shape[0]
+        n = grid_items
         offsets[name] = (pos, n)
         pos += _ceil_div(max(n, 1), 4) * 4  # 16-byte aligned fields: pointer alignment never changes
     host = np.empty(pos, dtype=np.int32)

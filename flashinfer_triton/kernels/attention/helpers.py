@@ -21,8 +21,7 @@ def tile_bounds(kv_start, kv_end, q_start, tile_q, qo_len, kv_len, window_left,
     """KV range ``[lo, hi)`` a tile of queries ``[q_start, q_start + tile_q)`` must visit inside its
     chunk ``[kv_start, kv_end)``, and the sub-range ``[full_lo, full_hi)`` of whole blocks that every
     row sees entirely (no mask at all). ``lo`` is aligned down to ``BLOCK_N`` (chunk starts are
-    multiples of it), so blocks start on page boundaries; keys below the true start are excluded by
-    the window mask. Query ``i`` sits at position ``i + kv_len - qo_len`` (bottom-right causal)."""
+    multiples of it); keys below the true start are excluded by the window mask. Query ``i`` sits at position ``i + kv_len - qo_len`` (bottom-right causal)."""
     first_q_pos = q_start + kv_len - qo_len
     last_q_pos = tl.minimum(q_start + tile_q, qo_len) - 1 + kv_len - qo_len
     lo = kv_start
@@ -46,36 +45,20 @@ def tile_bounds(kv_start, kv_end, q_start, tile_q, qo_len, kv_len, window_left,
 
 
 @triton.jit
-def kv_rows(kv_indices_ptr, kv_begin, start, o_n, m_n, hi, page_size, stride_kp, stride_kt, stride_vp, stride_vt,
-            PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
-    """int64 element offsets of the ``BLOCK_N`` K rows and V rows of keys ``start + [0, BLOCK_N)``
-    (head 0, d 0). Paged KV goes through the page table ``kv_indices[kv_begin:]``; with a constexpr
-    ``PAGE_SIZE`` (a power of two) the gather reads one page id per page instead of one per token
-    and the slot arithmetic is shifts. Ragged KV: token ``kv_begin + o_n``."""
+def kv_rows(kv_indices_ptr, kv_begin, o_n, m_n, page_size, stride_kp, stride_kt, stride_vp, stride_vt,
+            PAGED: tl.constexpr, MASKED: tl.constexpr):
+    """int64 element offsets of the K rows and V rows of keys ``o_n`` (head 0, d 0). Paged KV goes
+    through the page table ``kv_indices[kv_begin:]`` (one page id per key; keys of a page share a
+    cache line of ids); ragged KV: token ``kv_begin + o_n``. (A page-granular gather, one id per page
+    with constexpr page sizes, measured slower on the H200: benchmarks/results/tune/decode-h200.json.)"""
     if PAGED:
-        if PAGE_SIZE >= BLOCK_N:  # the block lies inside one page (start is BLOCK_N-aligned)
-            page = tl.load(kv_indices_ptr + kv_begin + start // PAGE_SIZE).to(tl.int64)
-            slot = (o_n % PAGE_SIZE).to(tl.int64)
-            k_rows = page * stride_kp + slot * stride_kt
-            v_rows = page * stride_vp + slot * stride_vt
-        elif PAGE_SIZE > 0:
-            PAGES: tl.constexpr = BLOCK_N // PAGE_SIZE
-            o_p = start // PAGE_SIZE + tl.arange(0, PAGES)
-            if MASKED:
-                ids = tl.load(kv_indices_ptr + kv_begin + o_p, mask=o_p * PAGE_SIZE < hi, other=0).to(tl.int64)
-            else:
-                ids = tl.load(kv_indices_ptr + kv_begin + o_p).to(tl.int64)
-            slot = tl.arange(0, PAGE_SIZE).to(tl.int64)[None, :]
-            k_rows = tl.reshape(ids[:, None] * stride_kp + slot * stride_kt, [BLOCK_N])
-            v_rows = tl.reshape(ids[:, None] * stride_vp + slot * stride_vt, [BLOCK_N])
+        if MASKED:
+            page = tl.load(kv_indices_ptr + kv_begin + o_n // page_size, mask=m_n, other=0).to(tl.int64)
         else:
-            if MASKED:
-                page = tl.load(kv_indices_ptr + kv_begin + o_n // page_size, mask=m_n, other=0).to(tl.int64)
-            else:
-                page = tl.load(kv_indices_ptr + kv_begin + o_n // page_size).to(tl.int64)
-            slot = (o_n % page_size).to(tl.int64)
-            k_rows = page * stride_kp + slot * stride_kt
-            v_rows = page * stride_vp + slot * stride_vt
+            page = tl.load(kv_indices_ptr + kv_begin + o_n // page_size).to(tl.int64)
+        slot = (o_n % page_size).to(tl.int64)
+        k_rows = page * stride_kp + slot * stride_kt
+        v_rows = page * stride_vp + slot * stride_vt
     else:
         tok = kv_begin + o_n.to(tl.int64)
         k_rows = tok * stride_kt
@@ -87,8 +70,7 @@ def kv_rows(kv_indices_ptr, kv_begin, start, o_n, m_n, hi, page_size, stride_kp,
 def attend_block(
     acc, l_i, m_i, start, hi, b_q, rows, kv, opts, params,
     MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    HEAD_DIM_VO: tl.constexpr, BLOCK_DV: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr, POS_ENC: tl.constexpr,
+    HEAD_DIM_VO: tl.constexpr, BLOCK_DV: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr, POS_ENC: tl.constexpr,
     CUSTOM_MASK: tl.constexpr, LOGITS_HOOK: tl.constexpr, MASK_HOOK: tl.constexpr, USE_SOFTMAX: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -107,8 +89,8 @@ def attend_block(
 
     o_n = start + tl.arange(0, BLOCK_N)
     m_n = o_n < hi
-    k_rows, v_rows = kv_rows(kv_indices_ptr, kv_begin, start, o_n, m_n, hi, page_size, stride_kp, stride_kt,
-                             stride_vp, stride_vt, PAGED, PAGE_SIZE, BLOCK_N, MASKED)
+    k_rows, v_rows = kv_rows(kv_indices_ptr, kv_begin, o_n, m_n, page_size, stride_kp, stride_kt, stride_vp,
+                             stride_vt, PAGED, MASKED)
     p_k = k_ptr + (k_rows + kv_head * stride_kh)[:, None] + o_d[None, :]
     if HEAD_DIM == BLOCK_D and not MASKED:
         b_k = tl.load(p_k)

@@ -50,14 +50,13 @@ def attention_kernel(
     sm_scale_log2, v_scale, window_left, param_s0, param_s1, param_s2, param_s3,
     # fixed at plan(): workspace, work list, page table, option tensors and scalars
     part_o_ptr, part_lse_ptr, merge_counter_ptr,
-    item_req_ptr, item_q_start_ptr, item_kv_start_ptr, item_kv_end_ptr, item_chunk_ptr,
-    qo_indptr_ptr, kv_begin_ptr, kv_len_ptr, part_base_ptr, num_chunks_ptr, counter_base_ptr,
+    item_req_ptr, item_q_start_ptr, item_kv_start_ptr, item_kv_end_ptr, item_chunk_ptr, item_qo_begin_ptr,
+    item_qo_len_ptr, item_kv_begin_ptr, item_kv_len_ptr, item_part_base_ptr, item_num_chunks_ptr, item_counter_ptr,
     kv_indices_ptr, mask_ptr, mask_indptr_ptr, alibi_ptr,
     group, num_qo_heads, page_size, soft_cap, rope_rcp_scale, rope_log2_rcp_theta,
     # block shape and variant
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    HEAD_DIM_VO: tl.constexpr, BLOCK_DV: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr, POS_ENC: tl.constexpr,
+    HEAD_DIM_VO: tl.constexpr, BLOCK_DV: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr, POS_ENC: tl.constexpr,
     CUSTOM_MASK: tl.constexpr, HAS_SINKS: tl.constexpr, WRITE_LSE: tl.constexpr, MERGE_BLOCK_C: tl.constexpr,
     LOGITS_HOOK: tl.constexpr, MASK_HOOK: tl.constexpr, USE_SOFTMAX: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -68,16 +67,19 @@ def attention_kernel(
     2 ALiBi. ``sm_scale_log2`` is ``sm_scale * log2(e)``, or ``sm_scale / soft_cap`` with SOFT_CAP."""
     item = tl.program_id(0)
     kv_head = tl.program_id(1)
+    # Every field of the work item is stored per item: one round of independent loads, no
+    # dependent second round through the request index.
     req = tl.load(item_req_ptr + item)
-    if req < 0:  # padding item of a CUDA-graph sized grid
-        return
     q_start = tl.load(item_q_start_ptr + item)
     kv_start = tl.load(item_kv_start_ptr + item)
     kv_end = tl.load(item_kv_end_ptr + item)
-    qo_begin = tl.load(qo_indptr_ptr + req)
-    qo_len = tl.load(qo_indptr_ptr + req + 1) - qo_begin
-    kv_begin = tl.load(kv_begin_ptr + req).to(tl.int64)
-    kv_len = tl.load(kv_len_ptr + req)
+    qo_begin = tl.load(item_qo_begin_ptr + item)
+    qo_len = tl.load(item_qo_len_ptr + item)
+    kv_begin = tl.load(item_kv_begin_ptr + item).to(tl.int64)
+    kv_len = tl.load(item_kv_len_ptr + item)
+    part_base = tl.load(item_part_base_ptr + item)
+    if req < 0:  # padding item of a CUDA-graph sized grid
+        return
     tile_q = BLOCK_M // group
 
     # Rows of the tile: (query, head) pairs; queries sit at bottom-right aligned positions.
@@ -123,17 +125,17 @@ def attention_kernel(
     if HAS_WINDOW:
         for start in range(lo, full_lo, BLOCK_N):
             acc, l_i, m_i = attend_block(acc, l_i, m_i, start, hi, b_q, rows, kv, opts, params, True, BLOCK_N,
-                                         HEAD_DIM, BLOCK_D, HEAD_DIM_VO, BLOCK_DV, PAGED, PAGE_SIZE, CAUSAL,
+                                         HEAD_DIM, BLOCK_D, HEAD_DIM_VO, BLOCK_DV, PAGED, CAUSAL,
                                          HAS_WINDOW, SOFT_CAP, POS_ENC, CUSTOM_MASK, LOGITS_HOOK, MASK_HOOK,
                                          USE_SOFTMAX, DOT_PRECISION)
     for start in range(full_lo, full_hi, BLOCK_N):
         acc, l_i, m_i = attend_block(acc, l_i, m_i, start, hi, b_q, rows, kv, opts, params, False, BLOCK_N,
-                                     HEAD_DIM, BLOCK_D, HEAD_DIM_VO, BLOCK_DV, PAGED, PAGE_SIZE, CAUSAL,
+                                     HEAD_DIM, BLOCK_D, HEAD_DIM_VO, BLOCK_DV, PAGED, CAUSAL,
                                      HAS_WINDOW, SOFT_CAP, POS_ENC, CUSTOM_MASK, LOGITS_HOOK, MASK_HOOK,
                                      USE_SOFTMAX, DOT_PRECISION)
     for start in range(full_hi, hi, BLOCK_N):
         acc, l_i, m_i = attend_block(acc, l_i, m_i, start, hi, b_q, rows, kv, opts, params, True, BLOCK_N,
-                                     HEAD_DIM, BLOCK_D, HEAD_DIM_VO, BLOCK_DV, PAGED, PAGE_SIZE, CAUSAL,
+                                     HEAD_DIM, BLOCK_D, HEAD_DIM_VO, BLOCK_DV, PAGED, CAUSAL,
                                      HAS_WINDOW, SOFT_CAP, POS_ENC, CUSTOM_MASK, LOGITS_HOOK, MASK_HOOK,
                                      USE_SOFTMAX, DOT_PRECISION)
 
@@ -144,19 +146,18 @@ def attention_kernel(
     else:
         out = acc
         lse = tl.zeros([BLOCK_M], tl.float32)
-    part_base = tl.load(part_base_ptr + req)
     if part_base < 0:
         finish_tile(out, lse, o_ptr, lse_ptr, sinks_ptr, q_row, qo_head, m_row, o_dv, m_dv, stride_on, stride_oh,
                     num_qo_heads, v_scale, HEAD_DIM_VO, HAS_SINKS, WRITE_LSE)
     else:
         # Split request: write this chunk's partial; the tile's last chunk program merges them all.
         chunk = tl.load(item_chunk_ptr + item)
-        num_chunks = tl.load(num_chunks_ptr + req)
+        num_chunks = tl.load(item_num_chunks_ptr + item)
         part_row = (part_base + chunk * qo_len + q_idx).to(tl.int64) * num_qo_heads + qo_head
         tl.store(part_o_ptr + part_row[:, None] * HEAD_DIM_VO + o_dv[None, :], out, mask=m_row[:, None] & m_dv[None, :])
         tl.store(part_lse_ptr + part_row, lse, mask=m_row)
         tl.debug_barrier()  # every thread's partial is stored before the counter moves (release below)
-        counter = merge_counter_ptr + (tl.load(counter_base_ptr + req) + q_start // tile_q) * tl.num_programs(1) + kv_head
+        counter = merge_counter_ptr + tl.load(item_counter_ptr + item) * tl.num_programs(1) + kv_head
         finished = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         if finished == num_chunks - 1:
             tl.debug_barrier()
@@ -169,17 +170,16 @@ def attention_kernel(
 
 
 # The declaration: every runtime argument's type. "q"/"kv"/"o" are pointers of the plan's q, KV and
-# output dtypes, "param" a variant tensor (its dtype from the variant), "meta" an int32 field of the
-# scheduler's work list (field name = argument name without "_ptr").
+# output dtypes, "param" a variant tensor (its dtype from the variant), "meta" an int32 per-item field
+# of the scheduler's work list (field name = argument name without "_ptr").
 ARG_TYPES = {
     "q_ptr": "q", "k_ptr": "kv", "v_ptr": "kv", "o_ptr": "o", "lse_ptr": "*fp32",
     **{name: "i32" for name in ("stride_qn", "stride_qh", "stride_kp", "stride_kt", "stride_kh", "stride_vp",
                                 "stride_vt", "stride_vh", "stride_on", "stride_oh")},
     "sm_scale_log2": "fp32", "v_scale": "fp32", "window_left": "i32",
     "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "merge_counter_ptr": "*i32",
-    **{name: "meta" for name in ("item_req_ptr", "item_q_start_ptr", "item_kv_start_ptr", "item_kv_end_ptr",
-                                 "item_chunk_ptr", "qo_indptr_ptr", "kv_begin_ptr", "kv_len_ptr", "part_base_ptr",
-                                 "num_chunks_ptr", "counter_base_ptr")},
+    **{f"item_{field}_ptr": "meta" for field in ("req", "q_start", "kv_start", "kv_end", "chunk", "qo_begin",
+                                                 "qo_len", "kv_begin", "kv_len", "part_base", "num_chunks", "counter")},
     "kv_indices_ptr": "*i32", "mask_ptr": "*u8", "mask_indptr_ptr": "*i32", "alibi_ptr": "*fp32",
     "sinks_ptr": "*fp32",
     **{f"param_t{i}": "param" for i in range(4)},
