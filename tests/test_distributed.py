@@ -265,6 +265,8 @@ def _spawn(world, tmp_path, backend):
         pytest.fail("\n\n".join(f"--- {name}\n{text}" for name, text in first), pytrace=False)
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and not INTERPRET,
+                    reason="CPU tier (gloo + interpreter); the GPU tier runs the NCCL test")
 def test_context_parallel_decode_gloo(tmp_path, monkeypatch):
     """3 processes: the cases of a 3-rank group, then those of a 2-rank subgroup, then bad input."""
     print(f"seeds {SEED} + 97 * case + group size")

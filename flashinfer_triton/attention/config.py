@@ -51,8 +51,8 @@ class DeviceTable:
 
 
 _HOPPER_SOURCE = ("decode and decode_split: benchmarks/results/tune/decode-h200.json (H200, Triton 3.6, "
-                  "2026-12-01: bn128/w4/s2 led the geometric mean over 1x512..64x32768; 4 programs per SM, "
-                  "fill 2, min chunk 512 led the split sweep); prefill: carried over from H100 sweeps of "
+                  "2026-12-01, second run: bn128/w4/s2 led the geometric mean over 1x512..1x131072 and skew64; "
+                  "2 programs per SM, fill 2, min chunk 1024 led the split sweep); prefill: from H100 sweeps of "
                   "earlier sessions whose outputs were not kept (benchmarks/tune_prefill.py re-measures them)")
 _HOPPER = DeviceTable(
     source=_HOPPER_SOURCE,
@@ -63,7 +63,7 @@ _HOPPER = DeviceTable(
               (0, 0, BlockShape(64, 64, 4, 3))),
         256: ((0, 0, BlockShape(128, 64, 8, 2)),),
     },
-    decode_split=SplitPolicy(programs_per_cu=4, fill_programs_per_cu=2, min_chunk_tokens=512, skew_factor=4),
+    decode_split=SplitPolicy(programs_per_cu=2, fill_programs_per_cu=2, min_chunk_tokens=1024, skew_factor=4),
     prefill_split=SplitPolicy(programs_per_cu=2, fill_programs_per_cu=1, min_chunk_tokens=256, skew_factor=4),
     masked_prefill_max_stages=2,
 )
