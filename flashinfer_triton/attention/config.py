@@ -83,13 +83,15 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    merge_m: int         # rows the in-kernel split-KV merge covers (a tile's real rows)
     merge_block_c: int   # chunks the in-kernel split-KV merge loads at once
     dot_precision: object  # None for bf16/fp16 operands (the target's default), "ieee" for float32
     decode: bool         # one tile covers a request's query rows
 
     @property
     def launch_key(self):
-        return (self.block_m, self.block_n, self.num_warps, self.num_stages, self.merge_block_c, self.dot_precision)
+        return (self.block_m, self.block_n, self.num_warps, self.num_stages, self.merge_m, self.merge_block_c,
+                self.dot_precision)
 
 
 def table_for(device: DeviceInfo) -> DeviceTable:
@@ -100,10 +102,16 @@ def block_d(head_dim: int) -> int:
     return triton.next_power_of_2(head_dim)
 
 
-def merge_block_c(block_m: int) -> int:
+def merge_rows(block_m: int, group: int, max_qo_len: int, decode: bool) -> int:
+    """Rows the in-kernel split merge covers: at least a tile's real rows. A decode-shaped tile
+    holds ``max_qo_len * group`` of its 16 rows (4 at 32/8 heads): 4 when that fits, else all."""
+    return 4 if decode and max(max_qo_len, 1) * group <= 4 else block_m
+
+
+def merge_block_c(rows: int) -> int:
     """Chunks the in-kernel merge loads per step: about 8K float32 elements of [chunks, rows, 128]
-    partials at once (one memory latency per step; a 1 x 128k decode has ~32 chunks)."""
-    return max(1, 64 // block_m)
+    partials at once, 16 at most (one memory latency per step; a 1 x 128k decode has ~32 chunks)."""
+    return max(1, min(16, 64 // rows))
 
 
 def is_decode_shape(group: int, max_qo_len: int) -> bool:
@@ -140,7 +148,8 @@ def select_config(opts: AttentionOptions, device: DeviceInfo, max_qo_len: int, t
                                       f"GQA groups up to 64")
         block_m = 16 if decode else 64
         block_n, warps, stages, precision = FP32_BLOCK_N, 4, 1, "ieee"
-    return KernelConfig(block_m, block_n, warps, stages, merge_block_c(block_m), precision, decode)
+    rows = merge_rows(block_m, group, max_qo_len, decode)
+    return KernelConfig(block_m, block_n, warps, stages, rows, merge_block_c(rows), precision, decode)
 
 
 def split_policy(device: DeviceInfo, decode: bool) -> SplitPolicy:

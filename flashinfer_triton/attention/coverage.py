@@ -134,16 +134,16 @@ def covering() -> Tuple[Dict[str, object], ...]:
 
 
 def config_name(row: Dict[str, object]) -> str:
-    bm, bn, w, s, mc, prec = row["shape"]
+    bm, bn, w, s, mm, mc, prec = row["shape"]
     flags = "".join(c for c, k in (("P", "paged"), ("C", "causal"), ("W", "window"), ("S", "soft_cap"),
                                    ("M", "custom_mask"), ("K", "sinks"), ("L", "write_lse")) if row[k])
     dt = "_".join(str(row[k]).replace("torch.", "").replace("float", "f") for k in ("q", "kv", "o"))
-    return f"attn_{bm}x{bn}w{w}s{s}_d{row['head_dim']}v{row['head_dim_vo']}_{dt}_pe{row['pos_enc']}_{flags}"
+    return f"attn_{bm}x{bn}w{w}s{s}m{mm}_d{row['head_dim']}v{row['head_dim_vo']}_{dt}_pe{row['pos_enc']}_{flags}"
 
 
 def aot_config(row: Dict[str, object]) -> AotConfig:
     """The compiled form of one covering row."""
-    bm, bn, warps, stages, merge_c, precision = row["shape"]
+    bm, bn, warps, stages, merge_m, merge_c, precision = row["shape"]
     opts = make_options(num_qo_heads=1, num_kv_heads=1, head_dim=row["head_dim"], head_dim_vo=row["head_dim_vo"],
                         q_data_type=row["q"], kv_data_type=row["kv"], o_data_type=row["o"], paged=row["paged"],
                         causal=row["causal"], custom_mask=row["custom_mask"],
@@ -151,7 +151,7 @@ def aot_config(row: Dict[str, object]) -> AotConfig:
                         logits_soft_cap=30.0 if row["soft_cap"] else None)
     from .config import KernelConfig
 
-    cfg = KernelConfig(bm, bn, warps, stages, merge_c, precision, False)
+    cfg = KernelConfig(bm, bn, warps, stages, merge_m, merge_c, precision, False)
     cx = kernel_constexprs(opts, cfg, row["window"], row["write_lse"], row["sinks"])
     return AotConfig(attention_kernel, aot_signature(row["q"], row["kv"], row["o"]), cx, warps, stages,
                      config_name(row))
@@ -188,8 +188,8 @@ def row_of(launcher, q_dtype, kv_dtype, o_dtype, has_window: bool, write_lse: bo
     """The covering row of the configuration ``launcher`` launches with these per-call choices."""
     cx = launcher.constexprs(has_window, write_lse, has_sinks)
     cfg = launcher.cfg
-    return dict(shape=(cx["BLOCK_M"], cx["BLOCK_N"], cfg.num_warps, cfg.num_stages, cx["MERGE_BLOCK_C"],
-                       cx["DOT_PRECISION"]),
+    return dict(shape=(cx["BLOCK_M"], cx["BLOCK_N"], cfg.num_warps, cfg.num_stages, cx["MERGE_M"],
+                       cx["MERGE_BLOCK_C"], cx["DOT_PRECISION"]),
                 head_dim=cx["HEAD_DIM"], head_dim_vo=cx["HEAD_DIM_VO"], q=q_dtype, kv=kv_dtype, o=o_dtype,
                 paged=cx["PAGED"], causal=cx["CAUSAL"], window=cx["HAS_WINDOW"], soft_cap=cx["SOFT_CAP"],
                 pos_enc=cx["POS_ENC"], custom_mask=cx["CUSTOM_MASK"], sinks=cx["HAS_SINKS"], write_lse=cx["WRITE_LSE"])

@@ -57,7 +57,8 @@ def attention_kernel(
     # block shape and variant
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HEAD_DIM_VO: tl.constexpr, BLOCK_DV: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr, POS_ENC: tl.constexpr,
-    CUSTOM_MASK: tl.constexpr, HAS_SINKS: tl.constexpr, WRITE_LSE: tl.constexpr, MERGE_BLOCK_C: tl.constexpr,
+    CUSTOM_MASK: tl.constexpr, HAS_SINKS: tl.constexpr, WRITE_LSE: tl.constexpr, MERGE_M: tl.constexpr,
+    MERGE_BLOCK_C: tl.constexpr,
     LOGITS_HOOK: tl.constexpr, MASK_HOOK: tl.constexpr, USE_SOFTMAX: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Shapes (elements): q [N_q, H_qo, HEAD_DIM]; paged K/V addressed as
@@ -161,12 +162,18 @@ def attention_kernel(
         finished = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         if finished == num_chunks - 1:
             tl.debug_barrier()
-            out, lse = merge_chunks(part_o_ptr, part_lse_ptr, part_base, num_chunks, qo_len, q_idx, qo_head, m_row,
-                                    num_qo_heads, o_dv, m_dv, HEAD_DIM_VO, BLOCK_M, BLOCK_DV, MERGE_BLOCK_C,
+            # The merge runs over the tile's real rows only (MERGE_M >= min(tile_q, qo_len) * group, set
+            # by the config: a decode tile has `group` of its BLOCK_M rows), so more chunks load per step.
+            o_r = tl.arange(0, MERGE_M)
+            r_q = q_start + o_r // group
+            r_head = kv_head * group + o_r % group
+            m_r = (o_r < tile_q * group) & (r_q < qo_len)
+            out, lse = merge_chunks(part_o_ptr, part_lse_ptr, part_base, num_chunks, qo_len, r_q, r_head, m_r,
+                                    num_qo_heads, o_dv, m_dv, HEAD_DIM_VO, MERGE_M, BLOCK_DV, MERGE_BLOCK_C,
                                     USE_SOFTMAX)
             tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next launch (graph replay)
-            finish_tile(out, lse, o_ptr, lse_ptr, sinks_ptr, q_row, qo_head, m_row, o_dv, m_dv, stride_on, stride_oh,
-                        num_qo_heads, v_scale, HEAD_DIM_VO, HAS_SINKS, WRITE_LSE)
+            finish_tile(out, lse, o_ptr, lse_ptr, sinks_ptr, (qo_begin + r_q).to(tl.int64), r_head, m_r, o_dv, m_dv,
+                        stride_on, stride_oh, num_qo_heads, v_scale, HEAD_DIM_VO, HAS_SINKS, WRITE_LSE)
 
 
 # The declaration: every runtime argument's type. "q"/"kv"/"o" are pointers of the plan's q, KV and

@@ -42,16 +42,16 @@ def finish_merge(m, l, acc):
 
 @triton.jit
 def merge_chunks(part_o_ptr, part_lse_ptr, part_base, num_chunks, qo_len, q_idx, qo_head, m_row, num_qo_heads,
-                 o_dv, m_dv, HEAD_DIM_VO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 o_dv, m_dv, HEAD_DIM_VO: tl.constexpr, ROWS: tl.constexpr, BLOCK_DV: tl.constexpr,
                  BLOCK_C: tl.constexpr, USE_SOFTMAX: tl.constexpr):
     """Merge the split-KV partials of one tile: chunk ``c`` of query ``q_idx`` (head ``qo_head``)
     lies at partial row ``(part_base + c * qo_len + q_idx) * num_qo_heads + qo_head``, float32
     (v normalized, s base 2). ``BLOCK_C`` chunks load at once: one memory latency per block of
     chunks, not per chunk. The loads bypass L1 (``.cg``): other programs wrote the partials.
-    Returns the merged ``(v [BLOCK_M, BLOCK_DV], s [BLOCK_M])``."""
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    ``q_idx``, ``qo_head``, ``m_row`` are [ROWS]. Returns the merged ``(v [ROWS, BLOCK_DV], s [ROWS])``."""
+    m = tl.full([ROWS], float("-inf"), tl.float32)
+    l = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, BLOCK_DV], tl.float32)
     for c0 in range(0, num_chunks, BLOCK_C):
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_cr = (o_c < num_chunks)[:, None] & m_row[None, :]
@@ -65,7 +65,7 @@ def merge_chunks(part_o_ptr, part_lse_ptr, part_base, num_chunks, qo_len, q_idx,
             acc += tl.sum(v, 0)
     if USE_SOFTMAX:
         return finish_merge(m, l, acc)
-    return acc, tl.zeros([BLOCK_M], tl.float32)
+    return acc, tl.zeros([ROWS], tl.float32)
 
 
 @triton.jit
