@@ -96,6 +96,10 @@ def num_compute_units(device=None) -> int:
     return device_info(device).compute_units
 
 
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
 def alibi_slopes(num_heads: int, device) -> torch.Tensor:
     """ALiBi slopes (Press et al.), as in FlashInfer's reference: float32 ``[num_heads]``."""
     n = 2 ** math.floor(math.log2(num_heads))

@@ -10,12 +10,13 @@ AOT tier compiles every configuration these tables can produce for every target
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, replace
 from typing import Dict, Tuple
 
 import torch
-import triton
 
+from .._utils import next_power_of_2
 from .device import DeviceInfo
 from .options import AttentionOptions
 
@@ -99,7 +100,7 @@ def table_for(device: DeviceInfo) -> DeviceTable:
 
 
 def block_d(head_dim: int) -> int:
-    return triton.next_power_of_2(head_dim)
+    return next_power_of_2(head_dim)
 
 
 def merge_rows(block_m: int, group: int, max_qo_len: int, decode: bool) -> int:
@@ -119,6 +120,7 @@ def is_decode_shape(group: int, max_qo_len: int) -> bool:
     return max_qo_len * group <= 16
 
 
+@functools.lru_cache(maxsize=4096)
 def select_config(opts: AttentionOptions, device: DeviceInfo, max_qo_len: int, total_rows: int,
                   page_size: int) -> KernelConfig:
     """The kernel configuration for a problem (``opts``), the batch's longest query count and total
@@ -132,10 +134,10 @@ def select_config(opts: AttentionOptions, device: DeviceInfo, max_qo_len: int, t
     decode = is_decode_shape(group, max(max_qo_len, 1))
     if decode:
         shape = table.decode[bd]
-        block_m = max(shape.block_m, triton.next_power_of_2(group))
+        block_m = max(shape.block_m, next_power_of_2(group))
     else:
         shape = next(s for min_q, min_rows, s in table.prefill[bd] if max_qo_len >= min_q and total_rows >= min_rows)
-        block_m = max(shape.block_m, triton.next_power_of_2(group))
+        block_m = max(shape.block_m, next_power_of_2(group))
     block_n, warps, stages = shape.block_n, shape.num_warps, shape.num_stages
     if not decode and (opts.custom_mask or opts.pos_enc == 1):
         stages = min(stages, table.masked_prefill_max_stages)
@@ -163,7 +165,9 @@ def table_override(family: str, **fields):
     candidate entries through the real plan/run path). ``fields`` are ``DeviceTable`` fields."""
     previous = TABLES.get(family, _DEFAULT)
     TABLES[family] = replace(previous, source="tuning override", **fields)
+    select_config.cache_clear()
     try:
         yield TABLES[family]
     finally:
         TABLES[family] = previous
+        select_config.cache_clear()

@@ -100,9 +100,12 @@ class AttentionLauncher:
         self.no_params = (f32,) * len(PARAM_TENSORS)
         self._constexprs: Dict[tuple, Dict[str, object]] = {}
         self.launch_id = register_launch(opts, cfg)
-        # Everything fixed for this plan, folded into one hash: the per-call key stays short.
-        self.static_key = hash((id(attention_kernel), cfg.launch_key, opts, page_size)
-                               + tuple(t.data_ptr() & 15 == 0 for t in self.plan_args if isinstance(t, torch.Tensor)))
+        # Everything fixed for this plan, folded into one hash: the per-call key stays short. The
+        # workspace views and metadata fields are 16-byte aligned by construction; the caller's
+        # tensors (page ids, mask, ALiBi slopes) are checked.
+        self.static_key = hash((id(attention_kernel), cfg.launch_key, opts, page_size,
+                                values["kv_indices_ptr"].data_ptr() & 15 == 0, values["mask_ptr"].data_ptr() & 15 == 0,
+                                values["alibi_ptr"].data_ptr() & 15 == 0))
 
     def constexprs(self, has_window: bool, write_lse: bool, has_sinks: bool) -> Dict[str, object]:
         key = (has_window, write_lse, has_sinks)

@@ -96,7 +96,25 @@ def plan_dtypes(q_data_type, kv_data_type, o_data_type):
     return q_dtype, kv_dtype, o_dtype
 
 
-def make_options(*, num_qo_heads, num_kv_heads, head_dim, head_dim_vo=None, q_data_type="float16",
+def make_options(**kwargs) -> AttentionOptions:
+    """Validate the options of an attention problem (keyword arguments of ``_make_options``); the
+    same arguments give the same (cached) object, so a plan() per step pays for the checks once."""
+    key = tuple(sorted(kwargs.items()))
+    try:
+        hit = _OPTIONS.get(key)
+    except TypeError:  # an unhashable argument: validate without the cache (and raise a clear error)
+        return _make_options(**kwargs)
+    if hit is None:
+        if len(_OPTIONS) > 1024:
+            _OPTIONS.clear()
+        hit = _OPTIONS[key] = _make_options(**kwargs)
+    return hit
+
+
+_OPTIONS: dict = {}
+
+
+def _make_options(*, num_qo_heads, num_kv_heads, head_dim, head_dim_vo=None, q_data_type="float16",
                  kv_data_type=None, o_data_type=None, paged: bool, causal: bool = False, custom_mask: bool = False,
                  pos_encoding_mode: str = "NONE", window_left: int = -1, logits_soft_cap=None, sm_scale=None,
                  rope_scale=None, rope_theta=None, use_fp16_qk_reduction: bool = False,

@@ -15,6 +15,7 @@ All metadata lives in one int32 host array, copied to the device with one asynch
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -155,21 +156,23 @@ def plan_work(
     return _pack(arrays, num_items, grid_items, rows, counters, n_split, chunk)
 
 
+@functools.lru_cache(maxsize=256)
+def _layout(grid_items: int) -> Dict[str, Tuple[int, int]]:
+    """Field -> (start, length) in the packed array: every field holds one int32 per grid item, at a
+    16-byte aligned start (pointer alignment, part of Triton's specialization, never changes)."""
+    stride = _ceil_div(max(grid_items, 1), 4) * 4
+    return {name: (i * stride, grid_items) for i, name in enumerate(META_FIELDS)}
+
+
 def _pack(arrays, num_items, grid_items, rows, counters, n_split, chunk) -> WorkPlan:
-    offsets = {}
-    pos = 0
-    for name in META_FIELDS:
-        n = grid_items
-        offsets[name] = (pos, n)
-        pos += _ceil_div(max(n, 1), 4) * 4  # 16-byte aligned fields: pointer alignment never changes
-    host = np.empty(pos, dtype=np.int32)
-    for name in META_FIELDS:
-        start, n = offsets[name]
-        a = arrays[name]
-        host[start:start + a.shape[0]] = a
-        if n > a.shape[0]:  # padding items of a CUDA-graph grid: request -1 means "exit"
-            host[start + a.shape[0]:start + n] = -1 if name == "item_req" else 0
-    return WorkPlan(num_items, grid_items, rows, counters, n_split, chunk, offsets, host)
+    offsets = _layout(grid_items)
+    stride = _ceil_div(max(grid_items, 1), 4) * 4
+    host = np.zeros((len(META_FIELDS), stride), dtype=np.int32)
+    for i, name in enumerate(META_FIELDS):
+        host[i, :num_items] = arrays[name]
+    if grid_items > num_items:  # padding items of a CUDA-graph grid: request -1 means "exit"
+        host[META_FIELDS.index("item_req"), num_items:grid_items] = -1
+    return WorkPlan(num_items, grid_items, rows, counters, n_split, chunk, offsets, host.reshape(-1))
 
 
 class DeviceMetadata:
