@@ -68,7 +68,6 @@ _CUDNN = "cuDNN attention (NVIDIA only); use BatchPrefillWithRaggedKVCacheWrappe
 _XQA = "XQA kernels (NVIDIA only); use BatchDecodeWithPagedKVCacheWrapper"
 _FP4 = "NVFP4 tensors (trtllm-gen, NVIDIA Blackwell)"
 _MLA = "MLA attention is not in flashinfer_triton yet (issue 16)"
-_SPARSE = "block-sparse attention is not in flashinfer_triton yet (issue 15)"
 _FAST_PLAN = "fast_decode_plan is not in flashinfer_triton yet (issue 12, wrapper change)"
 
 _DECODE = "flashinfer_triton.decode:"
@@ -175,15 +174,16 @@ _utils = {
 _mla = {"BatchMLAPagedAttentionWrapper": _pending("flashinfer_triton.mla:BatchMLAPagedAttentionWrapper", _MLA, S_MLA)}
 
 _sparse = {
-    name: _pending("flashinfer_triton.sparse:" + name, _SPARSE)
-    for name in ("BlockSparseAttentionWrapper", "VariableBlockSparseAttentionWrapper")
+    name: _map("flashinfer_triton.sparse:" + name)
+    for name in ("BlockSparseAttentionWrapper", "VariableBlockSparseAttentionWrapper", "convert_bsr_mask_layout")
 }
 
 # The top level re-exports what FlashInfer's __init__ does, for the modules above.
 _top = {}
 for _names in (_decode, _prefill, _cascade, _page, _sampling, _norm, _rope, _activation, _quantization, _mla, _sparse):
     _top.update({k: v for k, v in _names.items() if not k.startswith(("_", "trtllm_", "xqa_", "cudnn_"))
-                 and k not in ("top_k_renorm_prob", "top_p_renorm_prob", "append_paged_mla_kv_cache")})
+                 and k not in ("top_k_renorm_prob", "top_p_renorm_prob", "append_paged_mla_kv_cache",
+                               "convert_bsr_mask_layout")})
 _top["cudnn_batch_decode_with_kv_cache"] = _decode["cudnn_batch_decode_with_kv_cache"]
 del _names
 

@@ -27,6 +27,9 @@ from .prefill import (  # noqa: F401
     single_prefill_with_kv_cache_return_lse,
 )
 
+# attention: block-sparse
+from .sparse import BlockSparseAttentionWrapper, VariableBlockSparseAttentionWrapper  # noqa: F401
+
 # paged KV cache
 from .page import (  # noqa: F401
     append_paged_kv_cache,

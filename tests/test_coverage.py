@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import flashinfer_triton as flashinfer
-from flashinfer_triton.attention import coverage, plan as plan_mod
+from flashinfer_triton.attention import block_sparse, coverage, plan as plan_mod
 from flashinfer_triton.attention.device import DeviceInfo
 from flashinfer_triton.attention.options import HEAD_DIM_QK_VO, KV_DTYPES, Q_DTYPES
 from flashinfer_triton.kernels import all_aot_configs
@@ -22,6 +22,7 @@ def family(request, monkeypatch):
     """Plans as on a device of each distinct table (the wrappers read the device through this)."""
     info = DeviceInfo(request.param, request.param, "cuda", "90", 132, 232448, 32)
     monkeypatch.setattr(plan_mod, "device_info", lambda device: info)
+    monkeypatch.setattr(block_sparse, "device_info", lambda device: info)
     return request.param
 
 
@@ -103,6 +104,43 @@ def test_random_mixes(family):
                                                          dtype=torch.uint8)
             w = _prefill(hd, hd_vo, group, q, kv, o, shape, kind == "paged", opts)
         _check(w, q, kv, o, window or w.planned.opts.window_left >= 0, lse, sinks, f"{kind} {opts} d{hd}/{hd_vo} g{group}")
+
+
+def _block_sparse(rng, hd, group, q, kv, o):
+    """A BSR plan of a random block shape and size (one to three blocks per row), or a variable one."""
+    opts = dict(causal=rng.random() < 0.5, logits_soft_cap=rng.choice([None, 30.0]))
+    if rng.random() < 0.3:
+        w = flashinfer.VariableBlockSparseAttentionWrapper(_ws())
+        rows, cols = rng.choice([(4, 6), (40, 50)])
+        row_sz = torch.tensor([[rng.choice([1, 7, 64, 300])] * rows] * 2, dtype=torch.int32)
+        w.plan(torch.rand(2, rows, cols) < 0.5, row_sz, torch.full((2, cols), rng.choice([1, 64, 100]),
+               dtype=torch.int32), 2 * group, 2, hd, q_data_type=q, kv_data_type=kv, **opts)
+        return w
+    R, C = rng.choice([(1, 1), (16, 1), (16, 16), (64, 1), (64, 64), (128, 128)])
+    M, NB = rng.choice([R, 1000, 9000, 20000]), rng.choice([3, 50])
+    MB = -(-M // R)
+    per_row = np.array([rng.randint(0, 3) for _ in range(MB)])
+    indptr = np.concatenate([[0], np.cumsum(per_row)])
+    if rng.random() < 0.3:  # the packed form: planning stays free of kernels
+        qo = np.minimum(R, M - R * np.arange(MB))
+        opts["packed_mask"] = torch.zeros(int((-(-(qo * per_row * C) // 8)).sum()), dtype=torch.uint8)
+    w = flashinfer.BlockSparseAttentionWrapper(_ws())
+    w.plan(_i32(indptr.tolist()), _i32([rng.randrange(NB) for _ in range(int(indptr[-1]))]), M, NB * C, R, C, 2 * group,
+           2, hd, q_data_type=q, kv_data_type=kv, o_data_type=o, **opts)
+    return w
+
+
+def test_block_sparse_wrappers(family):
+    """The sparse wrappers' configuration choice (block shapes, groups, dtypes, options; plans only)."""
+    rng = random.Random(4321)
+    for _ in range(60):
+        hd = rng.choice([d for d, d_vo in HEAD_DIM_QK_VO if d == d_vo])
+        q, kv = rng.choice(DTYPES)
+        o = rng.choice(Q_DTYPES)
+        group = rng.choice([1, 2, 4, 8, 16, 32, 64] + ([] if q == torch.float32 else [128]))
+        w = _block_sparse(rng, hd, group, q, kv, o)
+        o = w.planned.opts.o_dtype
+        _check(w, q, kv, o, False, rng.random() < 0.5, False, f"sparse d{hd} g{group} {q}/{kv} {w.planned.cfg}")
 
 
 def test_covering_is_what_the_aot_tier_compiles():

@@ -171,3 +171,23 @@ def table_override(family: str, **fields):
     finally:
         TABLES[family] = previous
         select_config.cache_clear()
+
+
+def select_block_sparse_config(opts: AttentionOptions, device: DeviceInfo, row_lens, dense_qo_len: int,
+                               page_size: int) -> KernelConfig:
+    """The configuration of a block-sparse work list, whose requests are row blocks: few query rows
+    (``row_lens``, an int array of each request's query rows) over a long, gathered key list.
+    Candidates are what ``select_config`` gives the same problem read as a dense prefill of
+    ``dense_qo_len`` rows, as a batch of short requests, and as a small batch of them; the one whose
+    query tiles pad the fewest rows wins (a padded row is wasted matrix work), the dense reading on
+    ties. Default, not yet measured (no sweep of block-sparse shapes is committed)."""
+    max_q = max(int(row_lens.max(initial=0)), 1)
+    total = max(int(row_lens.sum()), 1)
+    best, best_padded = None, None
+    for qo_len, rows in ((max(dense_qo_len, 1), max(dense_qo_len, 1)), (max_q, total), (max_q, 1), (1, 1)):
+        cfg = select_config(opts, device, qo_len, rows, page_size)
+        tile_q = cfg.block_m // opts.group
+        padded = int((-(-row_lens // tile_q) * tile_q - row_lens).sum())
+        if best is None or padded < best_padded:
+            best, best_padded = cfg, padded
+    return best
