@@ -406,6 +406,7 @@ class VariableBlockSparseAttentionWrapper(_SparseWrapperBase):
     def __init__(self, float_workspace_buffer: torch.Tensor, backend: str = "auto") -> None:
         super().__init__(float_workspace_buffer, backend)
         self._shape = None  # (num_qo_heads, qo_len, num_kv_heads, kv_len, head_dim)
+        self._lse_rows = None  # GQA: the LSE as the kernel writes it (head-major rows x group)
 
     def plan(
         self,
@@ -481,10 +482,15 @@ class VariableBlockSparseAttentionWrapper(_SparseWrapperBase):
         if not max_page_id_fits(num_kv * kv_len, batch.page_size):
             raise ValueError(f"block_col_sz: {num_kv} heads x {kv_len} keys exceed the int32 page ids of the kernel")
         kv_indices = expand_pages(first, pages, self.device)
-        # The kernel sees one query head and one KV head: q / out / lse are flat [num_qo_heads * qo_len] rows.
-        options.update(num_qo_heads=1, num_kv_heads=1)
+        # The kernel sees one KV head and the GQA group as its query heads (attention/block_sparse.py).
+        options.update(num_qo_heads=group, num_kv_heads=1)
         self._plan(options, batch, kv_indices, qo_len, None, None, non_blocking)
         self._shape = (num_qo_heads, qo_len, num_kv, kv_len, head_dim)
+        # With GQA the kernel writes the LSE at (row, head) of the head-major rows: a fixed buffer
+        # (run() allocates nothing when out/lse are given), gathered into [num_qo_heads, qo_len].
+        self._lse_rows = None
+        if group > 1:
+            self._lse_rows = torch.empty(num_qo_heads * qo_len, group, dtype=torch.float32, device=self.device)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos_encoding_mode: str = "NONE",
                 use_fp16_qk_reduction: bool = False, logits_soft_cap: Optional[float] = None,
@@ -512,7 +518,7 @@ class VariableBlockSparseAttentionWrapper(_SparseWrapperBase):
         q : ``[num_qo_heads, qo_len, head_dim]``, the planned q dtype.
         k, v : ``[num_kv_heads, kv_len, head_dim]``, the planned kv dtype.
             q, k and v are read in place when each head's tokens follow the previous head's (as in a
-            contiguous tensor); otherwise they are copied first (FlashInfer always copies them).
+            contiguous tensor), otherwise copied first (FlashInfer always copies them).
         out : optional ``[num_qo_heads, qo_len, head_dim]`` buffer of q's dtype whose heads lie back
             to back (e.g. contiguous); the result is written into it.
         lse : optional contiguous ``[num_qo_heads, qo_len]`` float32 buffer (implies returning it).
@@ -534,11 +540,21 @@ class VariableBlockSparseAttentionWrapper(_SparseWrapperBase):
         pages = (num_kv * kv_len // page, page, 1, head_dim)
         kv = unpack_paged_kv_cache((k.reshape(pages), v.reshape(pages)), "NHD", name="k/v")
         out, lse, return_lse = self._outputs(out, lse, return_lse, (num_qo, qo_len, head_dim))
-        try:
-            out_rows = out.view(num_qo * qo_len, 1, head_dim)
-        except RuntimeError:
+        if out.stride(0) != qo_len * out.stride(1) and num_qo > 1:
             raise ValueError(f"out: expected its heads back to back (stride(0) == qo_len * stride(1)), got strides "
-                             f"{out.stride()}") from None
-        lse_rows = None if lse is None else lse.view(num_qo * qo_len, 1)
-        self._launch(q.reshape(num_qo * qo_len, 1, head_dim), kv, out_rows, lse_rows)
+                             f"{out.stride()}")
+        if q.stride(0) != qo_len * q.stride(1) and num_qo > 1:
+            q = q.contiguous()
+        if lse is None:
+            lse_rows = None
+        elif self._lse_rows is None:
+            lse_rows = lse.view(num_qo * qo_len, 1)  # one query head per KV head: row h * qo_len + t is lse[h, t]
+        else:
+            lse_rows = self._lse_rows
+        # Head-major q / out as the kernel's [rows, group, D]: row stride D, head stride qo_len * D.
+        self._launch(q.transpose(0, 1), kv, out.transpose(0, 1), lse_rows)
+        if lse is not None and self._lse_rows is not None:
+            group = num_qo // num_kv
+            lse.view(num_kv, group, qo_len).copy_(
+                self._lse_rows.view(num_kv, group * qo_len, group)[:, :qo_len].transpose(1, 2))
         return (out, lse) if return_lse else out

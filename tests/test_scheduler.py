@@ -142,3 +142,19 @@ def test_graph_padding_fields_and_overflow():
     assert plan.grid_items == 10 and all(plan.offsets[f][1] == 10 for f in ITEM_FIELDS)
     with pytest.raises(ValueError, match="CUDA graph"):
         plan_work(np.arange(3), kv, np.zeros(2, np.int64), 1, 16, 1, 4, False, policy, pad_items=1)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_qo_begin_overrides_rows_not_lengths(split):
+    """Head-major requests (block-sparse variable blocks): rows start where ``qo_begin`` says,
+    lengths still come from ``qo_indptr``, on the fast path and on split plans."""
+    policy = SplitPolicy(2, 2, 16, 4)
+    qo_lens, kv_lens = np.array([3, 5, 2]), np.array([40, 0, 300]) if split else np.array([4, 0, 9])
+    qo_begin = np.array([100, 7, 50])
+    plan = plan_work(np.concatenate([[0], np.cumsum(qo_lens)]), kv_lens, np.zeros(3, np.int64), 8, 16, 1, 4, False,
+                     policy, qo_begin=qo_begin)
+    assert (plan.chunk_size > 0) == split
+    f = unpack(plan)
+    req = f["item_req"][: plan.num_items]
+    assert (f["item_qo_begin"][: plan.num_items] == qo_begin[req]).all()
+    assert (f["item_qo_len"][: plan.num_items] == qo_lens[req]).all()

@@ -185,28 +185,28 @@ def test_variable_matches_dense_reference(dtype, hkv, group, qo_len, kv_len, n_r
 
 
 def test_variable_strided_inputs_and_forward_alias():
-    """Non-contiguous HND views (the usual transpose of NHD) give the contiguous result; forward()
-    applies its options like FlashInfer's (here sm_scale)."""
+    """Non-contiguous HND views (the usual transpose of NHD) give the contiguous result, with and
+    without GQA; forward() applies its options like FlashInfer's (here sm_scale)."""
     dtype = LOW_DTYPES[0]
     gen = _gen()
-    hkv, group, qo_len, kv_len, d = 2, 2, 24, 40, 64
+    hkv, qo_len, kv_len, d = 2, 24, 40, 64
     row_sz = torch.tensor([[8, 16], [20, 4]], dtype=torch.int32)
     col_sz = torch.tensor([[10, 30], [25, 15]], dtype=torch.int32)
     block_mask = torch.tensor([[[1, 0], [1, 1]], [[0, 1], [1, 0]]], dtype=torch.bool)
-    q = _randn(gen, dtype, qo_len, hkv * group, d)
-    k = _randn(gen, dtype, kv_len, hkv, d)
-    v = _randn(gen, dtype, kv_len, hkv, d)
-    w = flashinfer.VariableBlockSparseAttentionWrapper(_workspace())
-    w.plan(block_mask.to(DEVICE), row_sz.to(DEVICE), col_sz.to(DEVICE), hkv * group, hkv, d, q_data_type=dtype)
-    out = w.run(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
-    expect = w.run(q.transpose(0, 1).contiguous(), k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous())
-    assert torch.equal(out, expect)
-    fwd = w.forward(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), sm_scale=0.3)
-    w.plan(block_mask.to(DEVICE), row_sz.to(DEVICE), col_sz.to(DEVICE), hkv * group, hkv, d, q_data_type=dtype,
-           sm_scale=0.3)
-    assert torch.equal(fwd, w.run(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)))
-    with pytest.raises(ValueError, match="out: expected its heads back to back"):
-        w.run(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), out=torch.empty_like(q).transpose(0, 1))
+    pattern = (block_mask.to(DEVICE), row_sz.to(DEVICE), col_sz.to(DEVICE))
+    for group in (2, 1):
+        q = _randn(gen, dtype, qo_len, hkv * group, d).transpose(0, 1)
+        k, v = (_randn(gen, dtype, kv_len, hkv, d).transpose(0, 1) for _ in range(2))
+        w = flashinfer.VariableBlockSparseAttentionWrapper(_workspace())
+        w.plan(*pattern, hkv * group, hkv, d, q_data_type=dtype)
+        out, lse = w.run(q, k, v, return_lse=True)
+        expect, expect_lse = w.run(q.contiguous(), k.contiguous(), v.contiguous(), return_lse=True)
+        assert torch.equal(out, expect) and torch.equal(lse, expect_lse)
+        fwd = w.forward(q, k, v, sm_scale=0.3)
+        w.plan(*pattern, hkv * group, hkv, d, q_data_type=dtype, sm_scale=0.3)
+        assert torch.equal(fwd, w.run(q, k, v))
+        with pytest.raises(ValueError, match="out: expected its heads back to back"):
+            w.run(q, k, v, out=torch.empty_like(q.transpose(0, 1)).transpose(0, 1))
 
 
 def test_bsr_forward_alias_and_default_output_dtype():

@@ -13,10 +13,12 @@ row ``i`` of a row block of ``qo_len`` rows and ``kv_len`` listed keys sees list
 ``p <= i + kv_len - qo_len``: FlashInfer's definition, which is causal over the sequence when each
 row lists its blocks in ascending order and ends with its diagonal block.
 
-Variable blocks (per KV head, sizes per head): one request per (query head, row block); K/V of all
-heads read as one token sequence ``[H_kv * kv_len]`` (HND, heads back to back) in pages of the
-greatest common divisor of the column block sizes; HND q / out / lse are then flat rows
-``[H_qo * qo_len]`` of one head, with no copy.
+Variable blocks (per KV head, sizes per head): one request per (KV head h, row block), the GQA
+group packed as the query heads of one KV head; its rows start at ``h * group * qo_len`` plus the
+block's first row, so the rows of an HND q / out ``[H_qo, qo_len, D]`` read as ``[rows, group, D]``
+with strides ``(D, qo_len * D)`` land on head ``h * group + g`` with no copy. K/V of all heads are
+one token sequence ``[H_kv * kv_len]`` (HND, heads back to back) in pages of the greatest common
+divisor of the column block sizes.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ from .workspace import Workspace
 
 @dataclass(frozen=True)
 class SparseBatch:
-    """A block-sparse problem as the engine's batch: int64 host arrays ``qo_indptr [B+1]``,
-    ``kv_len [B]`` (listed keys per request), ``kv_begin [B]`` (first page-table entry)."""
+    """A block-sparse problem as the engine's batch: int64 host arrays ``qo_indptr [B+1]`` (query
+    counts), ``kv_len [B]`` (listed keys per request), ``kv_begin [B]`` (first page-table entry),
+    ``qo_begin [B]`` (first q/o row, when not ``qo_indptr[:-1]``)."""
 
     qo_indptr: np.ndarray
     kv_len: np.ndarray
     kv_begin: np.ndarray
     page_size: int
+    qo_begin: Optional[np.ndarray] = None
 
     @property
     def qo_len(self) -> np.ndarray:
@@ -64,10 +68,11 @@ def variable_batch(block_mask: np.ndarray, row_sz: np.ndarray, col_sz: np.ndarra
                    group: int) -> Tuple[SparseBatch, np.ndarray, np.ndarray]:
     """Per-KV-head blocks (``block_mask [H_kv, MB, NB]`` bool, ``row_sz [H_kv, MB]``,
     ``col_sz [H_kv, NB]`` int64 host arrays; every head's sizes sum to the same ``qo_len`` /
-    ``kv_len``) as requests ``(query head h, row block r)`` in that order, rows
-    ``h * qo_len + [start, end)``. Returns the batch and, per stored block in (head, row, column)
-    order, its first page and its page count (``expand_pages`` builds the page table from them)."""
+    ``kv_len``) as requests ``(KV head h, row block r)`` in that order, rows from
+    ``h * group * qo_len + row start``. Returns the batch and, per stored block in (head, row,
+    column) order, its first page and its page count (``expand_pages`` builds the page table)."""
     num_kv_heads, num_rows, _ = block_mask.shape
+    qo_len = int(row_sz[0].sum()) if num_kv_heads else 0
     kv_len = int(col_sz[0].sum()) if num_kv_heads else 0
     sizes = col_sz[col_sz > 0]
     page = int(np.gcd.reduce(sizes)) if sizes.size else 1
@@ -77,11 +82,11 @@ def variable_batch(block_mask: np.ndarray, row_sz: np.ndarray, col_sz: np.ndarra
     first = (h * kv_len + col_start[h, c]) // page
     row_pages = np.zeros((num_kv_heads, num_rows), dtype=np.int64)
     np.add.at(row_pages, (h, r), pages)
-    row_begin = (np.cumsum(row_pages) - row_pages.reshape(-1)).reshape(num_kv_heads, num_rows)
-    kv_head = np.arange(num_kv_heads * group) // group
-    qo_len = row_sz[kv_head].reshape(-1)
-    qo_indptr = np.concatenate([[0], np.cumsum(qo_len)]).astype(np.int64)
-    batch = SparseBatch(qo_indptr, (row_pages[kv_head] * page).reshape(-1), row_begin[kv_head].reshape(-1), page)
+    row_pages = row_pages.reshape(-1)
+    row_start = np.cumsum(row_sz, axis=1) - row_sz + (np.arange(num_kv_heads) * group * qo_len)[:, None]
+    qo_indptr = np.concatenate([[0], np.cumsum(row_sz.reshape(-1))]).astype(np.int64)
+    batch = SparseBatch(qo_indptr, row_pages * page, np.cumsum(row_pages) - row_pages, page,
+                        row_start.reshape(-1).astype(np.int64))
     return batch, first, pages
 
 
@@ -106,7 +111,8 @@ def plan_block_sparse(opts: AttentionOptions, workspace: Workspace, meta: Device
     cfg = select_block_sparse_config(opts, device_info(workspace.device), batch.qo_len, dense_qo_len,
                                      batch.page_size)
     return plan_attention(opts, workspace, meta, batch.qo_indptr, batch.kv_len, batch.kv_begin, kv_indices,
-                          batch.page_size, cfg=cfg, mask=mask, mask_indptr=mask_indptr, non_blocking=non_blocking)
+                          batch.page_size, cfg=cfg, mask=mask, mask_indptr=mask_indptr, non_blocking=non_blocking,
+                          qo_begin=batch.qo_begin)
 
 
 def max_page_id_fits(num_tokens: int, page_size: int) -> bool:

@@ -21,6 +21,7 @@ from .device import DeviceInfo
 from .options import AttentionOptions
 
 FP32_BLOCK_N = 16  # KV block for float32 operands (one stage): fits MI300X's 64 KB LDS
+MIN_TILE_COST_ROWS = 64  # block-sparse shape choice: a tile of fewer rows costs as much as 64 (not measured)
 
 
 @dataclass(frozen=True)
@@ -178,16 +179,18 @@ def select_block_sparse_config(opts: AttentionOptions, device: DeviceInfo, row_l
     """The configuration of a block-sparse work list, whose requests are row blocks: few query rows
     (``row_lens``, an int array of each request's query rows) over a long, gathered key list.
     Candidates are what ``select_config`` gives the same problem read as a dense prefill of
-    ``dense_qo_len`` rows, as a batch of short requests, and as a small batch of them; the one whose
-    query tiles pad the fewest rows wins (a padded row is wasted matrix work), the dense reading on
-    ties. Default, not yet measured (no sweep of block-sparse shapes is committed)."""
+    ``dense_qo_len`` rows, as a batch of short requests, and as a small batch of them; the cheapest
+    wins, the dense reading on ties. Cost: the tiles the requests cut into, each counted as its
+    ``BLOCK_M`` rows but at least ``MIN_TILE_COST_ROWS`` (a padded row is wasted matrix work; a
+    shorter tile is bound by its K/V loads, not its products). Default, not yet measured (no sweep
+    of block-sparse shapes is committed)."""
     max_q = max(int(row_lens.max(initial=0)), 1)
     total = max(int(row_lens.sum()), 1)
-    best, best_padded = None, None
+    best, best_cost = None, None
     for qo_len, rows in ((max(dense_qo_len, 1), max(dense_qo_len, 1)), (max_q, total), (max_q, 1), (1, 1)):
         cfg = select_config(opts, device, qo_len, rows, page_size)
-        tile_q = cfg.block_m // opts.group
-        padded = int((-(-row_lens // tile_q) * tile_q - row_lens).sum())
-        if best is None or padded < best_padded:
-            best, best_padded = cfg, padded
+        tiles = int((-(-row_lens // (cfg.block_m // opts.group))).sum())
+        cost = tiles * max(cfg.block_m, MIN_TILE_COST_ROWS)
+        if best is None or cost < best_cost:
+            best, best_cost = cfg, cost
     return best

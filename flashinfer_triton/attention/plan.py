@@ -63,12 +63,13 @@ def plan_attention(opts: AttentionOptions, workspace: Workspace, meta: DeviceMet
                    cfg: Optional[KernelConfig] = None, disable_split_kv: bool = False,
                    fixed_split_tokens: Optional[int] = None, bounds: Optional[GraphBounds] = None,
                    mask: Optional[torch.Tensor] = None, mask_indptr: Optional[torch.Tensor] = None,
-                   non_blocking: bool = True) -> PlannedAttention:
+                   non_blocking: bool = True, qo_begin: Optional[np.ndarray] = None) -> PlannedAttention:
     """Plan one batch. ``qo_indptr`` [B+1], ``kv_len`` [B], ``kv_begin`` [B] int64 host arrays
     (``kv_begin``: first page-table entry of each request, or first token for ragged KV).
     ``config_qo_len`` / ``config_rows`` override the batch's longest query count / total rows for
     the block-shape choice (CUDA graphs and fixed splits keep one shape across batches); ``cfg``
-    fixes the configuration outright. ``fixed_split_tokens`` is the KV chunk in tokens."""
+    fixes the configuration outright. ``fixed_split_tokens`` is the KV chunk in tokens.
+    ``qo_begin`` [B]: each request's first q/o row when not ``qo_indptr[:-1]`` (``plan_work``)."""
     device = workspace.device
     info = device_info(device)
     qo_len = np.diff(qo_indptr)
@@ -84,7 +85,7 @@ def plan_attention(opts: AttentionOptions, workspace: Workspace, meta: DeviceMet
         return plan_work(qo_indptr, kv_len, kv_begin, tile_q, cfg.block_n, opts.num_kv_heads, info.compute_units,
                          opts.causal, policy, disable_split_kv=no_split,
                          fixed_split_size=None if no_split else fixed_split_tokens,
-                         pad_items=None if bounds is None else bounds.items)
+                         pad_items=None if bounds is None else bounds.items, qo_begin=qo_begin)
 
     plan = schedule(disable_split_kv)
     rows_cap = row_capacity if bounds is None else min(row_capacity, bounds.partial_rows)

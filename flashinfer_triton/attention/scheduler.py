@@ -84,10 +84,13 @@ def plan_work(
     disable_split_kv: bool = False,
     fixed_split_size: Optional[int] = None,
     pad_items: Optional[int] = None,
+    qo_begin: Optional[np.ndarray] = None,
 ) -> WorkPlan:
     """Build the work list. ``qo_indptr`` [B+1], ``kv_len`` [B], ``kv_begin`` [B] (first page or
     token of each request) are int64 numpy arrays; ``fixed_split_size`` is in KV tokens.
-    ``pad_items`` sizes the grid for CUDA-graph replay (padding items carry request -1)."""
+    ``pad_items`` sizes the grid for CUDA-graph replay (padding items carry request -1).
+    ``qo_begin`` [B]: the q/o row of each request's first query when its rows are not
+    ``qo_indptr[:-1]`` (requests of a head-major layout; ``qo_indptr`` then only gives lengths)."""
     batch = kv_len.shape[0]
     qo_len = np.diff(qo_indptr)
     tiles = np.maximum(_ceil_div(qo_len, tile_q), 0)
@@ -105,7 +108,8 @@ def plan_work(
         chunk = choose_chunk(int(per_tile.dot(tiles)), max_kv, num_tiles * num_kv_heads, block_n, num_kv_heads,
                              num_cus, policy)
 
-    qo_begin = qo_indptr[:-1]
+    if qo_begin is None:
+        qo_begin = qo_indptr[:-1]
     if chunk == 0 and num_tiles == batch and (tiles == 1).all():
         # Fast path (decode-shaped batches): one item per request, nothing split.
         zeros = np.zeros(batch, dtype=np.int64)
