@@ -16,7 +16,7 @@ visible elements of the attention matrix, ``4 * H_qo * D * visible`` FLOPs. The 
 ``density x dense``. FlashInfer JIT-compiles a module per backend on first use: a backend not yet
 compiled is skipped once ``--budget-s`` seconds have passed.
 
-    PYTHONPATH=. python3 benchmarks/bench_sparse.py [--seq-lens 8192 32768] [--reps 20] [--budget-s 150] [--plot]
+    PYTHONPATH=. python3 benchmarks/bench_sparse.py [--seq-lens 8192 32768] [--reps 15] [--budget-s 120] [--plot]
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def measure(fn, reps):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[8192, 32768])
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--budget-s", type=float, default=150.0,
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--budget-s", type=float, default=120.0,
                     help="skip FlashInfer backends that would JIT-compile after this many seconds")
     ap.add_argument("--vertical", type=int, default=128, help="vertical (dense) key columns")
     ap.add_argument("--band", type=int, default=1024, help="keys of the slash band ending at the diagonal")

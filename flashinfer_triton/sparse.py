@@ -95,16 +95,13 @@ def convert_bsr_mask_layout(mask: torch.Tensor, indptr: torch.Tensor) -> torch.T
     check_tensor("mask", mask, ndim=3)
     check_tensor("indptr", indptr, dtypes=INDEX_DTYPES, ndim=1)
     nnz, R, C = mask.shape
-    device = mask.device
-    offsets = indptr.to(device=device, dtype=torch.int64)
-    counts = offsets[1:] - offsets[:-1]
-    row = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts, output_size=nnz)
-    width = counts[row] * C                                   # keys of the block's row
-    start = offsets[row] * (R * C) + (torch.arange(nnz, device=device) - offsets[row]) * C
-    dest = (start[:, None, None] + torch.arange(R, device=device)[None, :, None] * width[:, None, None]
-            + torch.arange(C, device=device)[None, None, :])
-    out = torch.empty(nnz * R * C, dtype=mask.dtype, device=device)
-    out[dest.reshape(-1)] = mask.reshape(-1)
+    offsets = indptr.tolist()
+    if offsets and (offsets[0] != 0 or offsets[-1] != nnz):
+        raise ValueError(f"indptr: expected offsets from 0 to nnz = mask.shape[0] = {nnz}, got {offsets[0]}..{offsets[-1]}")
+    out = torch.empty(nnz * R * C, dtype=mask.dtype, device=mask.device)
+    for start, end in zip(offsets[:-1], offsets[1:]):  # one copy per row block (as FlashInfer), no index tensor
+        if end > start:
+            out[start * R * C:end * R * C] = mask[start:end].transpose(0, 1).reshape(-1)
     return out
 
 

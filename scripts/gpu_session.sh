@@ -20,7 +20,7 @@ for step in "$@"; do
     bench-decode-quick) timeout 200 python3 benchmarks/bench_decode.py --quick --reps 20 2>&1 | tee $OUT/bench_decode.log | tail -20 ;;
     tests-sparse) timeout 300 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_sparse.py \
                   > $OUT/tests_sparse.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests_sparse.log | tail -25 ;;
-    bench-sparse) timeout 300 python3 benchmarks/bench_sparse.py --plot --budget-s 150 2>&1 | tee $OUT/bench_sparse.log | tail -50 ;;
+    bench-sparse) timeout 300 python3 benchmarks/bench_sparse.py --plot 2>&1 | tee $OUT/bench_sparse.log | tail -50 ;;
     *) echo "unknown step $step" ;;
   esac
 done
