@@ -21,7 +21,10 @@ from .device import DeviceInfo
 from .options import AttentionOptions
 
 FP32_BLOCK_N = 16  # KV block for float32 operands (one stage): fits MI300X's 64 KB LDS
-MIN_TILE_COST_ROWS = 64  # block-sparse shape choice: a tile of fewer rows costs as much as 64 (not measured)
+# Block-sparse shape choice (select_block_sparse_config), not measured: a tile of fewer rows costs
+# as much as 64; another shape than the dense one must save more than 1/8 of the work.
+MIN_TILE_COST_ROWS = 64
+SPARSE_SHAPE_MARGIN = 0.125
 
 
 @dataclass(frozen=True)
@@ -179,18 +182,21 @@ def select_block_sparse_config(opts: AttentionOptions, device: DeviceInfo, row_l
     """The configuration of a block-sparse work list, whose requests are row blocks: few query rows
     (``row_lens``, an int array of each request's query rows) over a long, gathered key list.
     Candidates are what ``select_config`` gives the same problem read as a dense prefill of
-    ``dense_qo_len`` rows, as a batch of short requests, and as a small batch of them; the cheapest
-    wins, the dense reading on ties. Cost: the tiles the requests cut into, each counted as its
-    ``BLOCK_M`` rows but at least ``MIN_TILE_COST_ROWS`` (a padded row is wasted matrix work; a
-    shorter tile is bound by its K/V loads, not its products). Default, not yet measured (no sweep
-    of block-sparse shapes is committed)."""
+    ``dense_qo_len`` rows, as a batch of short requests, and as a small batch of them (each reading
+    with at least the batch's longest row block, so the configuration is valid for it). Cost: the
+    tiles the requests cut into, each counted as its ``BLOCK_M`` rows but at least
+    ``MIN_TILE_COST_ROWS`` (a padded row is wasted matrix work; a shorter tile is bound by its K/V
+    loads, not its products). A later reading replaces the dense one only when it saves more than
+    ``SPARSE_SHAPE_MARGIN`` of that cost (the dense shapes are the larger, more efficient tiles).
+    Default, not yet measured (no sweep of block-sparse shapes is committed)."""
     max_q = max(int(row_lens.max(initial=0)), 1)
     total = max(int(row_lens.sum()), 1)
     best, best_cost = None, None
-    for qo_len, rows in ((max(dense_qo_len, 1), max(dense_qo_len, 1)), (max_q, total), (max_q, 1), (1, 1)):
+    dense = max(dense_qo_len, max_q)
+    for qo_len, rows in ((dense, dense), (max_q, total), (max_q, 1)):
         cfg = select_config(opts, device, qo_len, rows, page_size)
         tiles = int((-(-row_lens // (cfg.block_m // opts.group))).sum())
         cost = tiles * max(cfg.block_m, MIN_TILE_COST_ROWS)
-        if best is None or cost < best_cost:
+        if best is None or cost < best_cost * (1 - SPARSE_SHAPE_MARGIN):
             best, best_cost = cfg, cost
     return best
