@@ -30,6 +30,9 @@ from .prefill import (  # noqa: F401
 # attention: block-sparse
 from .sparse import BlockSparseAttentionWrapper, VariableBlockSparseAttentionWrapper  # noqa: F401
 
+# attention variants (an extension: Triton hooks compiled into the attention kernel) and sinks
+from .attention.variant import AttentionVariant, VariantError  # noqa: F401
+
 # paged KV cache
 from .page import (  # noqa: F401
     append_paged_kv_cache,

@@ -25,6 +25,7 @@ from .attention.kv import check_csr, check_layout, read_page_table, unpack_paged
 from .attention.merge import (check_s, check_v, launch_merge_state, launch_merge_states, last_contiguous, merge_into,
                               merge_state_in_place_op, merge_state_new, merge_state_op, merge_states_op)
 from .attention.options import plan_dtypes, pos_encoding_code
+from .attention.variant import AttentionVariant, check_variant
 from .attention.workspace import Workspace
 from .decode import BatchDecodeWithPagedKVCacheWrapper
 from .prefill import BatchPrefillWithPagedKVCacheWrapper, single_prefill_with_kv_cache
@@ -192,6 +193,11 @@ class MultiLevelCascadeAttentionWrapper:
         With ``use_cuda_graph``: per level, ``[max_num_pages_i]`` int32 buffers.
     paged_kv_last_page_len_buf_arr : List[torch.Tensor]
         With ``use_cuda_graph``: per level, ``[batch_size_i]`` int32 buffers.
+    variant : Optional[AttentionVariant]
+        Extension: Triton hooks compiled into every level's kernel (run() takes the variant's
+        tensors and scalars after ``paged_kv_cache``). A hook sees positions counted from the start
+        of each level's KV segment and ``req`` indexing that level's requests; it needs a softmax
+        (the levels merge by LSE).
     """
 
     def __init__(
@@ -204,6 +210,7 @@ class MultiLevelCascadeAttentionWrapper:
         paged_kv_indptr_buf_arr: Optional[List[torch.Tensor]] = None,
         paged_kv_indices_buf_arr: Optional[List[torch.Tensor]] = None,
         paged_kv_last_page_len_buf_arr: Optional[List[torch.Tensor]] = None,
+        variant: Optional[AttentionVariant] = None,
     ) -> None:
         if not isinstance(num_levels, (int, np.integer)) or isinstance(num_levels, bool):
             raise TypeError(f"num_levels: expected an int, got {type(num_levels).__name__}")
@@ -211,6 +218,9 @@ class MultiLevelCascadeAttentionWrapper:
             raise ValueError(f"num_levels: expected at least 1 level, got {num_levels}")
         check_layout(kv_layout)
         check_tensor("float_workspace_buffer", float_workspace_buffer)
+        if check_variant(variant) is not None and not variant.use_softmax:
+            raise NotImplementedError(f"variant {variant.name!r}: use_softmax=False has no log-sum-exp, and cascade "
+                                      f"levels merge by it")
         self._num_levels = int(num_levels)
         self._kv_layout = kv_layout
         self._use_cuda_graph = bool(use_cuda_graph)
@@ -226,11 +236,12 @@ class MultiLevelCascadeAttentionWrapper:
             self._batch_prefill_wrappers = [
                 BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout, use_cuda_graph=True,
                                                     qo_indptr_buf=a, paged_kv_indptr_buf=b, paged_kv_indices_buf=c,
-                                                    paged_kv_last_page_len_buf=d)
+                                                    paged_kv_last_page_len_buf=d, variant=variant)
                 for a, b, c, d in zip(*bufs)
             ]
         else:
-            self._batch_prefill_wrappers = [BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
+            self._batch_prefill_wrappers = [BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout,
+                                                                                variant=variant)
                                             for _ in range(self._num_levels)]
         self._split_workspace(float_workspace_buffer)
         self._scratch = None  # (level output, level lse, own lse) buffers, sized at plan()
@@ -371,7 +382,7 @@ class MultiLevelCascadeAttentionWrapper:
         self,
         q: torch.Tensor,
         paged_kv_cache: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]],
-        *,
+        *args,
         out: Optional[torch.Tensor] = None,
         lse: Optional[torch.Tensor] = None,
         return_lse: bool = False,
@@ -386,6 +397,8 @@ class MultiLevelCascadeAttentionWrapper:
             ``[num_pages, 2, page_size, num_kv_heads, head_dim]`` (NHD) or
             ``[num_pages, 2, num_kv_heads, page_size, head_dim]`` (HND), or a ``(k_cache, v_cache)``
             tuple of 4-D tensors in the same layout; one cache holds every level's pages.
+        *args
+            The variant's tensors then scalars (the same for every level).
         out : Optional[torch.Tensor]
             Extension: ``[N, num_qo_heads, head_dim]`` output buffer in the q dtype.
         lse : Optional[torch.Tensor]
@@ -407,9 +420,9 @@ class MultiLevelCascadeAttentionWrapper:
         if lse is None:
             lse = torch.empty_like(own_lse) if return_lse else own_lse
         wrappers = self._batch_prefill_wrappers
-        out, lse = wrappers[-1].run(q, paged_kv_cache, out=out, lse=lse)
+        out, lse = wrappers[-1].run(q, paged_kv_cache, *args, out=out, lse=lse)
         for w in wrappers[:-1]:
-            w.run(q, paged_kv_cache, out=tmp_o, lse=tmp_lse)
+            w.run(q, paged_kv_cache, *args, out=tmp_o, lse=tmp_lse)
             merge_into(out, lse, tmp_o, tmp_lse)
         return (out, lse) if want_lse else out
 

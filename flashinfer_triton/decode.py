@@ -6,7 +6,7 @@ over the scaled logits ``s_j`` (after soft cap and ALiBi), float32.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from .attention.ops import run_attention
 from .attention.options import Q_DTYPES, check_backend, make_options, scale_arg
 from .attention.plan import PlannedAttention, graph_bounds, plan_attention
 from .attention.scheduler import DeviceMetadata
+from .attention.variant import AttentionVariant, check_variant, run_params
 from .attention.workspace import Workspace, single_request_workspace
 from .attention.config import select_config
 from .attention.device import device_info
@@ -49,6 +50,8 @@ def single_decode_with_kv_cache(
     rope_scale: Optional[float] = None,
     rope_theta: Optional[float] = None,
     return_lse: bool = False,
+    variant: Optional[AttentionVariant] = None,
+    variant_args: Sequence = (),
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Decode attention of one request over a contiguous KV cache.
 
@@ -65,6 +68,8 @@ def single_decode_with_kv_cache(
     window_left : int, -1 for no sliding window; otherwise keys at position >= kv_len - 1 - window_left.
     logits_soft_cap : c > 0 maps a scaled logit x to ``c * tanh(x / c)``.
     sm_scale : default ``1 / sqrt(head_dim)``.
+    variant : optional ``flashinfer_triton.AttentionVariant`` (an extension: Triton hooks compiled
+        into the kernel); ``variant_args`` its tensors then scalars, in declaration order.
 
     Returns
     -------
@@ -82,7 +87,8 @@ def single_decode_with_kv_cache(
     opts = make_options(num_qo_heads=num_qo_heads, num_kv_heads=kv.num_kv_heads, head_dim=head_dim,
                         head_dim_vo=kv.head_dim_vo, q_data_type=q.dtype, kv_data_type=k.dtype, paged=False,
                         pos_encoding_mode=pos_encoding_mode, window_left=window_left, logits_soft_cap=logits_soft_cap,
-                        sm_scale=sm_scale, rope_scale=rope_scale, rope_theta=rope_theta)
+                        sm_scale=sm_scale, rope_scale=rope_scale, rope_theta=rope_theta, variant=variant)
+    params = run_params(opts.variant, tuple(variant_args), q.device, want_lse=return_lse)
     kv_len = ragged_kv_len(kv, kv_layout)
     planned = plan_attention(opts, single_request_workspace(q.device), DeviceMetadata(q.device, fixed=False),
                              np.array([0, 1], dtype=np.int64), np.array([kv_len], dtype=np.int64),
@@ -90,7 +96,7 @@ def single_decode_with_kv_cache(
     out = torch.empty((1, num_qo_heads, kv.head_dim_vo), dtype=q.dtype, device=q.device)
     lse = torch.empty((1, num_qo_heads), dtype=torch.float32, device=q.device) if return_lse else None
     run_attention(planned.launcher, q.unsqueeze(0), kv, out, lse, scale_arg("q_scale", q_scale),
-                  scale_arg("k_scale", k_scale), scale_arg("v_scale", v_scale))
+                  scale_arg("k_scale", k_scale), scale_arg("v_scale", v_scale), params=params)
     if return_lse:
         return out[0], lse[0]
     return out[0]
@@ -117,6 +123,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
     paged_kv_indices_buffer : ``[max_num_pages]`` int32, required with ``use_cuda_graph``.
     paged_kv_last_page_len_buffer : ``[batch_size]`` int32, required with ``use_cuda_graph``.
     backend : "auto", "fa2", "fa3" or "triton": all run this library's Triton kernel.
+    variant : optional ``flashinfer_triton.AttentionVariant`` (an extension replacing FlashInfer's
+        C++ ``jit_args``): Triton hooks compiled into the kernel; run() then takes its tensors and
+        scalars as extra positional arguments after ``paged_kv_cache``.
     """
 
     def __init__(
@@ -131,12 +140,15 @@ class BatchDecodeWithPagedKVCacheWrapper:
         backend: str = "auto",
         jit_args=None,
         jit_kwargs=None,
+        variant: Optional[AttentionVariant] = None,
     ) -> None:
         check_layout(kv_layout)
         check_tensor("float_workspace_buffer", float_workspace_buffer)
         check_backend(backend)
         if jit_args is not None or jit_kwargs is not None:
-            raise NotImplementedError("jit_args/jit_kwargs: custom JIT variants are written as Triton functions here")
+            raise NotImplementedError("jit_args/jit_kwargs: custom JIT variants are written as Triton functions here "
+                                      "(variant=flashinfer_triton.AttentionVariant(...))")
+        self._variant = check_variant(variant)
         self._float_workspace_buffer = float_workspace_buffer
         self._workspace = Workspace(float_workspace_buffer)
         self.device = float_workspace_buffer.device
@@ -244,7 +256,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                             q_data_type=q_data_type, kv_data_type=kv_data_type or data_type, o_data_type=o_data_type,
                             paged=True, pos_encoding_mode=pos_encoding_mode, window_left=window_left,
                             logits_soft_cap=logits_soft_cap, sm_scale=sm_scale, rope_scale=rope_scale,
-                            rope_theta=rope_theta)
+                            rope_theta=rope_theta, variant=self._variant)
         kv_indices = table.indices
         cfg = bounds = None
         if self._use_cuda_graph:
@@ -292,6 +304,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         q : ``[batch_size, num_qo_heads, head_dim]``, the planned q dtype.
         paged_kv_cache : ``[num_pages, 2, page_size, num_kv_heads, head_dim]`` (NHD) or
             ``[num_pages, 2, num_kv_heads, page_size, head_dim]`` (HND), or a (k_cache, v_cache) tuple.
+        *args : the variant's tensors then scalars, in declaration order (``variant.args(**by_name)``).
         q_scale, k_scale, v_scale : Python floats; q_scale * k_scale multiplies sm_scale, v_scale the output.
         out : optional ``[batch_size, num_qo_heads, head_dim]`` output buffer.
         lse : optional ``[batch_size, num_qo_heads]`` float32 buffer (implies returning it).
@@ -303,8 +316,6 @@ class BatchDecodeWithPagedKVCacheWrapper:
         -------
         out, or (out, lse) with lse ``[batch_size, num_qo_heads]`` float32 in base 2.
         """
-        if args:
-            raise TypeError("run(): q_scale, k_scale, v_scale, out, lse, ... are keyword-only")
         planned = self._planned
         if planned is None:
             raise RuntimeError("run(): call plan() first")
@@ -333,8 +344,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise TypeError(f"window_left: expected an int or None, got {type(window_left).__name__}")
         if sinks is not None:
             check_sinks(sinks, opts.num_qo_heads, self.device)
+        params = run_params(opts.variant, args, self.device, sinks, return_lse)
         run_attention(planned.launcher, q, kv, out, lse, scale_arg("q_scale", q_scale), scale_arg("k_scale", k_scale),
-                      scale_arg("v_scale", v_scale), window_left, sinks)
+                      scale_arg("v_scale", v_scale), window_left, sinks, params)
         return (out, lse) if return_lse else out
 
     forward = run

@@ -21,7 +21,7 @@ over the scaled logits ``s_j`` (after soft cap and ALiBi), float32.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from .attention.ops import run_attention
 from .attention.options import Q_DTYPES, check_backend, make_options, scale_arg
 from .attention.plan import PlannedAttention, graph_bounds, plan_attention
 from .attention.scheduler import DeviceMetadata
+from .attention.variant import AttentionVariant, check_variant, run_params
 from .attention.workspace import Workspace, single_request_workspace
 from .decode import check_sinks
 from .quantization import segment_packbits
@@ -52,13 +53,14 @@ _BATCH_INVARIANT_QO_LEN = 1 << 20
 
 def _prefill_options(num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, paged, causal, has_mask,
                      pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale, rope_scale,
-                     rope_theta, q_data_type, kv_data_type=None, o_data_type=None):
+                     rope_theta, q_data_type, kv_data_type=None, o_data_type=None, variant=None):
     return make_options(num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim_qk,
                         head_dim_vo=head_dim_vo, q_data_type=q_data_type, kv_data_type=kv_data_type,
                         o_data_type=o_data_type, paged=paged, causal=causal, custom_mask=has_mask,
                         pos_encoding_mode=pos_encoding_mode, window_left=window_left,
                         logits_soft_cap=logits_soft_cap, sm_scale=sm_scale, rope_scale=rope_scale,
-                        rope_theta=rope_theta, use_fp16_qk_reduction=use_fp16_qk_reduction, head_dim_name="head_dim_qk")
+                        rope_theta=rope_theta, use_fp16_qk_reduction=use_fp16_qk_reduction, head_dim_name="head_dim_qk",
+                        variant=variant)
 
 
 def _mask_byte_indptr(qo_len: np.ndarray, kv_len: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -122,6 +124,8 @@ def single_prefill_with_kv_cache(
     kv_cache_sf: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     k_scale: Optional[float] = None,
     v_scale: Optional[float] = None,
+    variant: Optional[AttentionVariant] = None,
+    variant_args: Sequence = (),
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Prefill/append attention of one request over contiguous K/V.
 
@@ -149,6 +153,8 @@ def single_prefill_with_kv_cache(
     return_lse : also return the LSE.
     kv_cache_sf : NVFP4 scale factors: not supported (NotImplementedError).
     k_scale, v_scale : Python floats; k_scale multiplies sm_scale, v_scale the output.
+    variant : optional ``flashinfer_triton.AttentionVariant`` (an extension: Triton hooks compiled
+        into the kernel); ``variant_args`` its tensors then scalars, in declaration order.
 
     Returns
     -------
@@ -174,7 +180,8 @@ def single_prefill_with_kv_cache(
         raise ValueError(f"q: causal attention needs qo_len <= kv_len, got qo_len {qo_len} > kv_len {kv_len}")
     opts = _prefill_options(num_qo_heads, kv.num_kv_heads, head_dim, kv.head_dim_vo, False, causal, has_mask,
                             pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale,
-                            rope_scale, rope_theta, q.dtype, k.dtype, o_dtype)
+                            rope_scale, rope_theta, q.dtype, k.dtype, o_dtype, variant)
+    params = run_params(opts.variant, tuple(variant_args), q.device, want_lse=return_lse)
     qo_h = np.array([0, qo_len], dtype=np.int64)
     kv_h = np.array([kv_len], dtype=np.int64)
     mask, mask_indptr_h = _prepare_mask(custom_mask, packed_custom_mask, qo_h[1:], kv_h, q.device)
@@ -183,7 +190,8 @@ def single_prefill_with_kv_cache(
                              np.zeros(1, dtype=np.int64), None, 1, mask=mask, mask_indptr=mask_indptr)
     out = torch.empty((qo_len, num_qo_heads, kv.head_dim_vo), dtype=opts.o_dtype, device=q.device)
     lse = torch.empty((qo_len, num_qo_heads), dtype=torch.float32, device=q.device) if return_lse else None
-    run_attention(planned.launcher, q, kv, out, lse, 1.0, scale_arg("k_scale", k_scale), scale_arg("v_scale", v_scale))
+    run_attention(planned.launcher, q, kv, out, lse, 1.0, scale_arg("k_scale", k_scale), scale_arg("v_scale", v_scale),
+                  params=params)
     return (out, lse) if return_lse else out
 
 
@@ -202,12 +210,14 @@ class _BatchPrefillBase:
     _paged = False
 
     def _init_common(self, float_workspace_buffer, kv_layout, use_cuda_graph, backend, jit_args, jit_kwargs,
-                     custom_mask_buf, mask_indptr_buf):
+                     custom_mask_buf, mask_indptr_buf, variant):
         check_layout(kv_layout)
         check_tensor("float_workspace_buffer", float_workspace_buffer)
         check_backend(backend)
         if jit_args is not None or jit_kwargs is not None:
-            raise NotImplementedError("jit_args/jit_kwargs: custom JIT variants are written as Triton functions here")
+            raise NotImplementedError("jit_args/jit_kwargs: custom JIT variants are written as Triton functions here "
+                                      "(variant=flashinfer_triton.AttentionVariant(...))")
+        self._variant = check_variant(variant)
         self._float_workspace_buffer = float_workspace_buffer
         self._workspace = Workspace(float_workspace_buffer)
         self.device = float_workspace_buffer.device
@@ -272,7 +282,7 @@ class _BatchPrefillBase:
         has_mask = custom_mask is not None or packed_custom_mask is not None
         opts = _prefill_options(num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, self._paged, causal, has_mask,
                                 pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap, sm_scale,
-                                rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type)
+                                rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type, self._variant)
         fixed = fixed_split_size is not None and fixed_split_size > 0
         # Batch-invariant results (a fixed split) need a block shape that does not depend on the batch.
         shape_qo_len = shape_rows = _BATCH_INVARIANT_QO_LEN if fixed else None
@@ -316,7 +326,7 @@ class _BatchPrefillBase:
         self._total_rows = total_rows
 
     def _run_common(self, q, kv: KVView, out, lse, return_lse, q_scale, k_scale, v_scale, window_left, sinks,
-                    kv_name):
+                    kv_name, args=()):
         planned = self._planned
         if planned is None:
             raise RuntimeError("run(): call plan() first")
@@ -358,8 +368,9 @@ class _BatchPrefillBase:
             lse = torch.empty((n, opts.num_qo_heads), dtype=torch.float32, device=self.device)
         if sinks is not None:
             check_sinks(sinks, opts.num_qo_heads, self.device)
+        params = run_params(opts.variant, args, self.device, sinks, return_lse)
         run_attention(planned.launcher, q, kv, out, lse, scale_arg("q_scale", q_scale), scale_arg("k_scale", k_scale),
-                      scale_arg("v_scale", v_scale), window_left, sinks)
+                      scale_arg("v_scale", v_scale), window_left, sinks, params)
         return (out, lse) if return_lse else out
 
 
@@ -382,6 +393,9 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
     custom_mask_buf : ``[max_mask_bytes]`` uint8, with ``use_cuda_graph`` and a custom mask.
     mask_indptr_buf : ``[batch_size + 1]`` int32, with ``use_cuda_graph`` and a custom mask.
     backend : "auto", "fa2", "fa3" or "triton": all run this library's Triton kernel.
+    variant : optional ``flashinfer_triton.AttentionVariant`` (an extension replacing FlashInfer's
+        C++ ``jit_args``): Triton hooks compiled into the kernel; run() then takes its tensors and
+        scalars as extra positional arguments after the KV arguments.
     """
 
     def __init__(
@@ -396,9 +410,10 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
         backend: str = "auto",
         jit_args=None,
         jit_kwargs=None,
+        variant: Optional[AttentionVariant] = None,
     ) -> None:
         self._init_common(float_workspace_buffer, kv_layout, use_cuda_graph, backend, jit_args, jit_kwargs,
-                          custom_mask_buf, mask_indptr_buf)
+                          custom_mask_buf, mask_indptr_buf, variant)
         if use_cuda_graph:
             for name, buf in (("qo_indptr_buf", qo_indptr_buf), ("kv_indptr_buf", kv_indptr_buf)):
                 if buf is None:
@@ -523,6 +538,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
         q : ``[qo_indptr[-1], num_qo_heads, head_dim_qk]``, the planned q dtype.
         k : ``[n_kv, num_kv_heads, head_dim_qk]`` (NHD) or ``[num_kv_heads, n_kv, head_dim_qk]`` (HND),
             ``n_kv >= kv_indptr[-1]``; v : like k with last dimension head_dim_vo.
+        *args : the variant's tensors then scalars, in declaration order (``variant.args(**by_name)``).
         q_scale, k_scale, v_scale : Python floats; q_scale * k_scale multiplies sm_scale, v_scale the output.
         out : optional ``[qo_indptr[-1], num_qo_heads, head_dim_vo]`` output buffer (o_data_type).
         lse : optional ``[qo_indptr[-1], num_qo_heads]`` float32 buffer (implies returning it).
@@ -531,8 +547,6 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
         -------
         out, or (out, lse) with lse ``[qo_indptr[-1], num_qo_heads]`` float32 in base 2.
         """
-        if args:
-            raise TypeError("run(): q_scale, k_scale, v_scale, out, lse, ... are keyword-only")
         if enable_pdl:
             raise NotImplementedError("enable_pdl=True: programmatic dependent launch is not available through Triton")
         if kv_cache_sf is not None:
@@ -544,7 +558,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
             n_kv = ragged_kv_len(kv, self._kv_layout)
             if n_kv < self._kv_tokens:
                 raise ValueError(f"k: kv_indptr[-1] = {self._kv_tokens} tokens planned, k has {n_kv}")
-        return self._run_common(q, kv, out, lse, return_lse, q_scale, k_scale, v_scale, None, None, "k/v")
+        return self._run_common(q, kv, out, lse, return_lse, q_scale, k_scale, v_scale, None, None, "k/v", args)
 
     forward = run
 
@@ -577,6 +591,9 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
     custom_mask_buf : ``[max_mask_bytes]`` uint8, with ``use_cuda_graph`` and a custom mask.
     mask_indptr_buf : ``[batch_size + 1]`` int32, with ``use_cuda_graph`` and a custom mask.
     backend : "auto", "fa2", "fa3" or "triton": all run this library's Triton kernel.
+    variant : optional ``flashinfer_triton.AttentionVariant`` (an extension replacing FlashInfer's
+        C++ ``jit_args``): Triton hooks compiled into the kernel; run() then takes its tensors and
+        scalars as extra positional arguments after the KV arguments.
     """
 
     _paged = True
@@ -595,9 +612,10 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
         backend: str = "auto",
         jit_args=None,
         jit_kwargs=None,
+        variant: Optional[AttentionVariant] = None,
     ) -> None:
         self._init_common(float_workspace_buffer, kv_layout, use_cuda_graph, backend, jit_args, jit_kwargs,
-                          custom_mask_buf, mask_indptr_buf)
+                          custom_mask_buf, mask_indptr_buf, variant)
         if use_cuda_graph:
             for name, buf in (("qo_indptr_buf", qo_indptr_buf), ("paged_kv_indptr_buf", paged_kv_indptr_buf),
                               ("paged_kv_indices_buf", paged_kv_indices_buf),
@@ -744,6 +762,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
         paged_kv_cache : ``[num_pages, 2, page_size, num_kv_heads, head_dim]`` (NHD) or
             ``[num_pages, 2, num_kv_heads, page_size, head_dim]`` (HND), or a (k_cache, v_cache) tuple
             of 4-D tensors in the same layout.
+        *args : the variant's tensors then scalars, in declaration order (``variant.args(**by_name)``).
         q_scale, k_scale, v_scale : Python floats; q_scale * k_scale multiplies sm_scale, v_scale the output.
         out : optional ``[qo_indptr[-1], num_qo_heads, head_dim_vo]`` output buffer (o_data_type).
         lse : optional ``[qo_indptr[-1], num_qo_heads]`` float32 buffer (implies returning it).
@@ -755,8 +774,6 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
         -------
         out, or (out, lse) with lse ``[qo_indptr[-1], num_qo_heads]`` float32 in base 2.
         """
-        if args:
-            raise TypeError("run(): q_scale, k_scale, v_scale, out, lse, ... are keyword-only")
         if enable_pdl:
             raise NotImplementedError("enable_pdl=True: programmatic dependent launch is not available through Triton")
         if kv_cache_sf is not None:
@@ -774,7 +791,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
                 raise ValueError(f"paged_kv_indices: page id {self._max_page_id} is out of range for a cache of "
                                  f"{kv.num_pages} pages")
         return self._run_common(q, kv, out, lse, return_lse, q_scale, k_scale, v_scale, window_left, sinks,
-                                "paged_kv_cache")
+                                "paged_kv_cache", args)
 
     forward = run
 

@@ -24,6 +24,7 @@ from .kv import KVView
 from .options import AttentionOptions
 from .signature import CONSTEXPR_ARGS, PARAM_TENSORS, PLAN_ARGS
 from .scheduler import WorkPlan
+from .variant import launch_errors
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,5 +148,11 @@ class AttentionLauncher:
         # Pointer dtypes are part of the signature: a float16 call must never reuse a bfloat16 binary.
         key = (self.static_key, args[10:20], args[22], cx["HAS_WINDOW"], cx["WRITE_LSE"], cx["HAS_SINKS"], q.dtype,
                kv.k.dtype, out.dtype, tuple(t.dtype for t in args[5:10]), tuple(t.data_ptr() & 15 == 0 for t in args[:10]))
-        launch(attention_kernel, self.grid, args + self.plan_args, cx, self.cfg.num_warps, self.cfg.num_stages, key,
-               prehashed=True)
+        try:
+            launch(attention_kernel, self.grid, args + self.plan_args, cx, self.cfg.num_warps, self.cfg.num_stages,
+                   key, prehashed=True)
+        except Exception as exc:  # a variant's hook that does not compile: name it (the first launch compiles)
+            error = launch_errors(self.opts.variant, exc)
+            if error is exc:
+                raise
+            raise error from exc

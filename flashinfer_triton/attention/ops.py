@@ -18,6 +18,7 @@ import torch
 from ..kernels.attention.kernel import attention_kernel
 from .launcher import LAUNCH_CONFIGS, kernel_constexprs, launch_flags
 from .signature import RUNTIME_ARGS, op_kinds
+from .variant import launch_errors
 
 # Outputs and workspace the kernel writes: named op arguments, declared mutated.
 _WRITTEN = ("o_ptr", "lse_ptr", "part_o_ptr", "part_lse_ptr", "merge_counter_ptr")
@@ -49,7 +50,13 @@ def attention_op(out: torch.Tensor, lse: torch.Tensor, part_o: torch.Tensor, par
         else:
             args.append(next(it_f))
     constexprs, warps, stages = _launch(launch)
-    attention_kernel[tuple(grid)](*args, **constexprs, num_warps=warps, num_stages=stages)
+    try:
+        attention_kernel[tuple(grid)](*args, **constexprs, num_warps=warps, num_stages=stages)
+    except Exception as exc:  # a variant's hook that does not compile: name it
+        error = launch_errors(LAUNCH_CONFIGS[launch >> 3][0].variant, exc)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 @attention_op.register_fake

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import torch
 
 from .._utils import canonicalize_dtype
+from .variant import AttentionVariant, check_variant
 
 SUPPORTED_HEAD_DIMS = (64, 80, 96, 112, 128, 192, 256)
 # float32 is an extension over FlashInfer (exact matrix products, for references and the CPU tier).
@@ -25,19 +26,6 @@ POS_ENCODING_MODES = {"NONE": 0, "ROPE_LLAMA": 1, "ALIBI": 2}
 # head_dim_vo differs from head_dim_qk only as FlashInfer's fa2/fa3 prefill allows it (DeepSeek's 192/128).
 HEAD_DIM_QK_VO = tuple((d, d) for d in SUPPORTED_HEAD_DIMS) + ((192, 128),)
 MAX_GROUP = 128  # query heads per KV head: the largest BLOCK_M of a tile
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A user attention variant (see ``flashinfer_triton/kernels/attention/variants.py`` for the
-    hook signatures): Triton functions compiled into the attention kernel, and the dtypes of the
-    tensors they read (at most 4, passed as ``params[0..3]``; floats as ``params[4..7]``)."""
-
-    logits_transform: object = None
-    logits_mask: object = None
-    use_softmax: bool = True
-    tensor_dtypes: Tuple[torch.dtype, ...] = ()
-    name: str = "variant"
 
 
 @dataclass(frozen=True)
@@ -60,7 +48,7 @@ class AttentionOptions:
     rope_scale: float
     rope_theta: float
     custom_mask: bool
-    variant: Optional[Variant] = None
+    variant: Optional[AttentionVariant] = None
 
     @property
     def group(self) -> int:
@@ -118,9 +106,9 @@ def _make_options(*, num_qo_heads, num_kv_heads, head_dim, head_dim_vo=None, q_d
                  kv_data_type=None, o_data_type=None, paged: bool, causal: bool = False, custom_mask: bool = False,
                  pos_encoding_mode: str = "NONE", window_left: int = -1, logits_soft_cap=None, sm_scale=None,
                  rope_scale=None, rope_theta=None, use_fp16_qk_reduction: bool = False,
-                 variant: Optional[Variant] = None, head_dim_name: str = "head_dim") -> AttentionOptions:
+                 variant: Optional[AttentionVariant] = None, head_dim_name: str = "head_dim") -> AttentionOptions:
     """Validate the options of an attention problem. A custom mask replaces the causal mask
-    (FlashInfer's rule)."""
+    (FlashInfer's rule); a variant's hooks apply on top of the built-in options."""
     num_qo_heads = _int_arg("num_qo_heads", num_qo_heads)
     num_kv_heads = _int_arg("num_kv_heads", num_kv_heads)
     head_dim = _int_arg(head_dim_name, head_dim)
@@ -149,6 +137,7 @@ def _make_options(*, num_qo_heads, num_kv_heads, head_dim, head_dim_vo=None, q_d
     if sm_scale is not None and not (isinstance(sm_scale, (int, float)) and math.isfinite(sm_scale)):
         raise ValueError(f"sm_scale: expected a finite float, got {sm_scale!r}")
     q_dtype, kv_dtype, o_dtype = plan_dtypes(q_data_type, kv_data_type, o_data_type)
+    check_variant(variant)
     return AttentionOptions(
         num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, head_dim_vo=head_dim_vo,
         q_dtype=q_dtype, kv_dtype=kv_dtype, o_dtype=o_dtype, paged=bool(paged),

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .elementwise import rope_rotate
-from .variants import builtin_logits, builtin_mask
+from .variants import builtin_logits, builtin_mask, user_logits, user_mask
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -104,19 +104,21 @@ def attend_block(
         b_k = rope_rotate(b_k, b_k_sw, o_n.to(tl.float32), o_d, rope_rcp_scale, rope_log2_rcp_theta, HEAD_DIM)
     s = tl.dot(b_q, tl.trans(b_k.to(b_q.dtype)), input_precision=DOT_PRECISION)
 
-    # Logits: built-in options (soft cap, ALiBi) in base-2 units, then the user's hook in natural units.
-    s = builtin_logits(s, sm_scale_log2, soft_cap, slope_log2, q_idx, o_n, SOFT_CAP, POS_ENC)
+    # Logits: built-in options (soft cap, ALiBi) in base-2 units; with the user's hook, they and the
+    # hook work in natural units and one multiply by log2 e follows.
     if LOGITS_HOOK is not None:
+        s = builtin_logits(s, sm_scale_log2, soft_cap, slope_log2, q_idx, o_n, SOFT_CAP, POS_ENC, True)
+        s = user_logits(LOGITS_HOOK, s, q_pos, o_n, qo_head, kv_head, req, params)
         if USE_SOFTMAX:
-            s = LOGITS_HOOK(s * (1.0 / LOG2E), q_pos, o_n, qo_head, kv_head, req, params) * LOG2E
-        else:
-            s = LOGITS_HOOK(s * (1.0 / LOG2E), q_pos, o_n, qo_head, kv_head, req, params)
+            s = s * LOG2E
+    else:
+        s = builtin_logits(s, sm_scale_log2, soft_cap, slope_log2, q_idx, o_n, SOFT_CAP, POS_ENC, False)
 
     if MASKED:
         keep = builtin_mask(m_n, m_row, q_idx, q_pos, o_n, window_left, kv_len, mask_ptr, mask_base,
                             CAUSAL, HAS_WINDOW, CUSTOM_MASK)
         if MASK_HOOK is not None:
-            keep &= MASK_HOOK(q_pos, o_n, qo_head, kv_head, req, params)
+            keep &= user_mask(MASK_HOOK, q_pos, o_n, qo_head, kv_head, req, params)
         if USE_SOFTMAX:
             s = tl.where(keep, s, float("-inf"))
         else:

@@ -3,7 +3,9 @@
 FlashInfer's built-in options are one variant, ``DefaultAttention<mask, window, soft cap, ALiBi>``;
 here the same options are the ``builtin_*`` functions below, switched by constexpr flags, so an
 option that is off costs nothing. User variants are two more hooks, Triton functions passed to the
-kernel as constexprs (``None`` when absent):
+kernel as constexprs (``None`` when absent), called through ``user_logits`` / ``user_mask``, which
+check their results when the kernel compiles (the public API and its documentation:
+``flashinfer_triton/attention/variant.py``):
 
 ``LOGITS_HOOK(logits, q_pos, kv_pos, qo_head, kv_head, req, params) -> logits``
     ``logits`` float32 ``[BLOCK_M, BLOCK_N]`` in natural units (``sm_scale * q.k`` after the
@@ -15,7 +17,8 @@ kernel as constexprs (``None`` when absent):
 ``MASK_HOOK(q_pos, kv_pos, qo_head, kv_head, req, params) -> keep``
     bool ``[BLOCK_M, BLOCK_N]``; False removes a key. Every block then takes the masked path.
 
-Logits inside the loop are base-2 (``* log2 e``); the hooks see natural units.
+Logits inside the loop are base-2 (``* log2 e``); the hooks see natural units (with a hook the
+built-ins compute in natural units and one multiply by ``log2 e`` follows the hook).
 """
 
 import triton
@@ -42,15 +45,48 @@ def alibi_logits(s, slope_log2, q_idx, kv_pos):
 
 @triton.jit
 def builtin_logits(s, sm_scale_log2, soft_cap, slope_log2, q_idx, kv_pos, SOFT_CAP: tl.constexpr,
-                   POS_ENC: tl.constexpr):
-    """Scaled logits in base 2 with the built-in soft cap and ALiBi (POS_ENC == 2)."""
+                   POS_ENC: tl.constexpr, NATURAL: tl.constexpr):
+    """Scaled logits with the built-in soft cap and ALiBi (POS_ENC == 2), in base-2 units, or in
+    natural units with NATURAL (the input of a variant's logits hook)."""
     if SOFT_CAP:
-        s = soft_cap_logits(s, sm_scale_log2, soft_cap)
+        if NATURAL:
+            s = soft_cap * tanh(s * sm_scale_log2)
+        else:
+            s = soft_cap_logits(s, sm_scale_log2, soft_cap)
+    elif NATURAL:
+        s = s * (sm_scale_log2 * (1.0 / LOG2E))
     else:
         s = s * sm_scale_log2
     if POS_ENC == 2:
-        s = alibi_logits(s, slope_log2, q_idx, kv_pos)
+        if NATURAL:
+            s = alibi_logits(s, slope_log2 * (1.0 / LOG2E), q_idx, kv_pos)
+        else:
+            s = alibi_logits(s, slope_log2, q_idx, kv_pos)
     return s
+
+
+@triton.jit
+def user_logits(LOGITS_HOOK: tl.constexpr, s, q_pos, kv_pos, qo_head, kv_head, req, params):
+    """The variant's logits transform on natural-unit logits ``s`` [BLOCK_M, BLOCK_N]; its result's
+    dtype and shape are checked when the kernel compiles."""
+    out = LOGITS_HOOK(s, q_pos, kv_pos, qo_head, kv_head, req, params)
+    tl.static_assert(out.dtype == tl.float32, "logits_transform must return float32 logits [BLOCK_M, BLOCK_N]")
+    tl.static_assert(len(out.shape) == 2, "logits_transform must return float32 logits [BLOCK_M, BLOCK_N]")
+    tl.static_assert(out.shape[0] == s.shape[0], "logits_transform must return float32 logits [BLOCK_M, BLOCK_N]")
+    tl.static_assert(out.shape[1] == s.shape[1], "logits_transform must return float32 logits [BLOCK_M, BLOCK_N]")
+    return out
+
+
+@triton.jit
+def user_mask(MASK_HOOK: tl.constexpr, q_pos, kv_pos, qo_head, kv_head, req, params):
+    """The variant's logits mask; its result must be bool [BLOCK_M, BLOCK_N] (checked when the
+    kernel compiles)."""
+    keep = MASK_HOOK(q_pos, kv_pos, qo_head, kv_head, req, params)
+    tl.static_assert(keep.dtype == tl.int1, "logits_mask must return a bool keep mask [BLOCK_M, BLOCK_N]")
+    tl.static_assert(len(keep.shape) == 2, "logits_mask must return a bool keep mask [BLOCK_M, BLOCK_N]")
+    tl.static_assert(keep.shape[0] == q_pos.shape[0], "logits_mask must return a bool keep mask [BLOCK_M, BLOCK_N]")
+    tl.static_assert(keep.shape[1] == kv_pos.shape[0], "logits_mask must return a bool keep mask [BLOCK_M, BLOCK_N]")
+    return keep
 
 
 @triton.jit
