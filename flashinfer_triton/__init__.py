@@ -30,7 +30,8 @@ from .prefill import (  # noqa: F401
 # attention: block-sparse
 from .sparse import BlockSparseAttentionWrapper, VariableBlockSparseAttentionWrapper  # noqa: F401
 
-# attention variants (an extension: Triton hooks compiled into the attention kernel) and sinks
+# attention sinks, and attention variants (an extension: Triton hooks compiled into the attention kernel)
+from .sink import BatchAttentionWithAttentionSinkWrapper  # noqa: F401
 from .attention.variant import AttentionVariant, VariantError  # noqa: F401
 
 # paged KV cache

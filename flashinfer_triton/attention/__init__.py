@@ -18,6 +18,17 @@ A plan() goes through these modules in order:
 - ``ops.py``      the torch.library op for torch.compile.
 - ``merge.py``    merge_state(s) (the LSE-merge family's host side).
 - ``coverage.py`` the AOT covering set of every configuration the tables can produce.
+- ``variant.py``  user variants (``AttentionVariant``): Triton hooks compiled into the kernel.
 
 The kernels themselves (``@triton.jit`` only) live in ``flashinfer_triton/kernels/attention/``.
 """
+
+
+def __getattr__(name):
+    # FlashInfer's ``flashinfer.attention`` module exports the sink wrapper (imported lazily: the
+    # API layer imports this package).
+    if name == "BatchAttentionWithAttentionSinkWrapper":
+        from ..sink import BatchAttentionWithAttentionSinkWrapper
+
+        return BatchAttentionWithAttentionSinkWrapper
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

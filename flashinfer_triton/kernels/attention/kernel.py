@@ -113,7 +113,10 @@ def attention_kernel(
     kv = (k_ptr, v_ptr, kv_indices_ptr, kv_begin, page_size, stride_kp, stride_kt, stride_kh, stride_vp, stride_vt,
           stride_vh, kv_head, req, kv_len)
     opts = (sm_scale_log2, soft_cap, window_left, rope_rcp_scale, rope_log2_rcp_theta, mask_ptr)
-    params = (param_t0, param_t1, param_t2, param_t3, param_s0, param_s1, param_s2, param_s3)
+    # The variant's scalars as float32 tensors: the same type in the interpreter (a Python float there)
+    # and under Inductor (which may pass fp64).
+    params = (param_t0, param_t1, param_t2, param_t3, tl.full([], param_s0, tl.float32), tl.full([], param_s1, tl.float32),
+              tl.full([], param_s2, tl.float32), tl.full([], param_s3, tl.float32))
     ALL_MASKED: tl.constexpr = CUSTOM_MASK or (MASK_HOOK is not None)
     lo, hi, full_lo, full_hi = tile_bounds(kv_start, kv_end, q_start, tile_q, qo_len, kv_len, window_left,
                                            BLOCK_N, CAUSAL, HAS_WINDOW, ALL_MASKED)
