@@ -26,8 +26,8 @@ import sys
 import torch
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
-if not ON_GPU:
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+if __name__ == "__main__" and not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"  # before the hooks are decorated (an importer's setting stays)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import triton  # noqa: E402
@@ -63,19 +63,36 @@ T5_BIAS = flashinfer.AttentionVariant(logits_transform=t5_relative_bias, tensors
 
 
 @triton.jit
+def document_bounds(params, req, pos):
+    """(first, end) positions of the documents holding positions ``pos`` of request ``req``:
+    ``bounds`` int32 [tokens, 2] covers every KV token of every request, request ``req``'s rows from
+    ``kv_offsets[req]``. Positions are clamped so that padding rows and keys stay in bounds."""
+    bounds, kv_offsets = params[0], params[1]
+    start = tl.load(kv_offsets + req)
+    last = tl.load(kv_offsets + req + 1) - start - 1
+    row = (start + tl.minimum(tl.maximum(pos, 0), last)).to(tl.int64)
+    return tl.load(bounds + 2 * row), tl.load(bounds + 2 * row + 1)
+
+
+@triton.jit
 def same_document(q_pos, kv_pos, qo_head, kv_head, req, params):
-    """Packed sequences: a query sees only keys of its own document. ``doc_ids`` int32 holds the
-    document of every KV token of every request, request ``req``'s from ``kv_offsets[req]``."""
-    doc_ids, kv_offsets = params[0], params[1]
-    start = tl.load(kv_offsets + req).to(tl.int64)
-    last = tl.load(kv_offsets + req + 1) - 1 - start  # clamp: padding rows/keys stay in bounds
-    q_doc = tl.load(doc_ids + start + tl.minimum(q_pos, last))
-    kv_doc = tl.load(doc_ids + start + tl.minimum(kv_pos, last))
+    """Packed sequences: a query sees only the keys of its own document."""
+    q_doc, _ = document_bounds(params, req, q_pos)
+    kv_doc, _ = document_bounds(params, req, kv_pos)
     return q_doc[:, None] == kv_doc[None, :]
 
 
-DOCUMENT_MASK = flashinfer.AttentionVariant(logits_mask=same_document, tensors=("doc_ids", "kv_offsets"),
-                                            name="document_mask")
+@triton.jit
+def document_range(q_first, q_last, kv_len, req, params):
+    """A tile of queries sees keys from its first query's document start to its last query's
+    document end: blocks outside are skipped."""
+    lo, _ = document_bounds(params, req, q_first)
+    _, hi = document_bounds(params, req, q_last)
+    return lo, hi
+
+
+DOCUMENT_MASK = flashinfer.AttentionVariant(logits_mask=same_document, kv_range=document_range,
+                                            tensors=("doc_bounds", "kv_offsets"), name="document_mask")
 
 
 @triton.jit
@@ -85,7 +102,13 @@ def prefix_lm(q_pos, kv_pos, qo_head, kv_head, req, params):
     return (kv_pos[None, :] <= q_pos[:, None]) | (kv_pos[None, :] < prefix)
 
 
-PREFIX_LM = flashinfer.AttentionVariant(logits_mask=prefix_lm, tensors=("prefix_len",), name="prefix_lm")
+@triton.jit
+def prefix_lm_range(q_first, q_last, kv_len, req, params):
+    return 0, tl.maximum(q_last + 1, tl.load(params[0] + req))
+
+
+PREFIX_LM = flashinfer.AttentionVariant(logits_mask=prefix_lm, kv_range=prefix_lm_range, tensors=("prefix_len",),
+                                        name="prefix_lm")
 
 # ---------------------------------------------------------------------------------------------
 # Host-side helpers the variants need.
@@ -106,6 +129,18 @@ def t5_bucket(relative_position: torch.Tensor, bidirectional: bool = True, num_b
                          * (num_buckets - max_exact)).long()
     large = torch.clamp(large, max=num_buckets - 1)
     return buckets + torch.where(n < max_exact, n, large)
+
+
+def document_bounds_table(doc_lens):
+    """``doc_lens``: per request, the lengths of the documents packed into it (summing to its KV
+    length) -> int32 ``[sum of all, 2]``: each token's document (first, end) positions."""
+    rows = []
+    for lens in doc_lens:
+        start = 0
+        for n in lens:
+            rows += [[start, start + n]] * n
+            start += n
+    return torch.tensor(rows, dtype=torch.int32).reshape(-1, 2)
 
 
 def t5_bias_table(weights: torch.Tensor, bidirectional: bool = True) -> torch.Tensor:
@@ -167,6 +202,12 @@ def paged_batch(kv_lens, qo_lens, heads, head_dim, page_size, dtype, device, gen
     return cache, qo_indptr, kv_indptr, ids.to(**i32), last, q, ks, vs
 
 
+def random_split(n, parts, gen):
+    """``n`` tokens cut into ``parts`` documents of random (nonzero where possible) lengths."""
+    cuts = sorted(torch.randint(1, max(n, 2), (parts - 1,), generator=gen).tolist())
+    return [b - a for a, b in zip([0] + cuts, cuts + [n]) if b > a]
+
+
 def run_examples(device, dtype=torch.float16, kv_lens=(300, 77, 1000), qo_lens=(300, 13, 1), heads=(8, 2),
                  head_dim=64, page_size=16, seed=0):
     """Each variant through the paged prefill wrapper on a mixed batch (a prefill, an append, a
@@ -204,13 +245,14 @@ def run_examples(device, dtype=torch.float16, kv_lens=(300, 77, 1000), qo_lens=(
     results["t5_bias"] = (out, ref)
 
     # Document masking: each request packs documents of random lengths (causal inside each).
-    doc_ids = torch.cat([torch.randint(0, 4, (n,), generator=gen).sort().values for n in kv_lens]).to(torch.int32)
+    doc_lens = [random_split(n, 4, gen) for n in kv_lens]
+    bounds = document_bounds_table(doc_lens)
     kv_offsets = torch.tensor([0] + torch.tensor(kv_lens).cumsum(0).tolist(), dtype=torch.int32)
-    out = run(DOCUMENT_MASK, *DOCUMENT_MASK.args(doc_ids=doc_ids.to(device), kv_offsets=kv_offsets.to(device)))
+    out = run(DOCUMENT_MASK, *DOCUMENT_MASK.args(doc_bounds=bounds.to(device), kv_offsets=kv_offsets.to(device)))
     offs = kv_offsets.tolist()
 
     def doc_ref(b, qb, k, v):
-        d = doc_ids[offs[b]:offs[b + 1]].to(device)
+        d = bounds[offs[b]:offs[b + 1], 0].to(device)
         return dense_attention(qb, k, v, keep=causal(len(qb), len(k), device)
                                & (d[len(k) - len(qb):, None] == d[None, :]))
 
@@ -240,6 +282,16 @@ def run_examples(device, dtype=torch.float16, kv_lens=(300, 77, 1000), qo_lens=(
 
     results["sinks"] = (out, per_request(sink_ref))
     return results
+
+
+def aot_configs():
+    """The examples' variants compiled ahead of time (the AOT tier: cuda:90 and hip:gfx942), each at
+    one problem shape: bf16 causal paged prefill, D 128."""
+    from flashinfer_triton.attention.coverage import variant_aot_config
+
+    return [variant_aot_config(FLASH_SIGMOID), variant_aot_config(T5_BIAS, (torch.float32,)),
+            variant_aot_config(DOCUMENT_MASK, (torch.int32, torch.int32)),
+            variant_aot_config(PREFIX_LM, (torch.int32,))]
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """CPU tier 2: every kernel configuration the launchers can pick compiles ahead of time for the
 H100/H200 (cuda:90) and the MI300X (hip:gfx942); a spot set (every constexpr value and argument
-type at least once per kernel) also for the A100 (cuda:80) and the MI355X (hip:gfx950). This is how
+type at least once per kernel) also for the A100 (cuda:80) and the MI355X (hip:gfx950); and the
+attention variants of examples/attention_variants.py for cuda:90 and hip:gfx942. This is how
 AMD support is kept honest without an AMD GPU. The attention family's list is a pairwise covering
 (``flashinfer_triton/attention/coverage.py``; ``tests/test_coverage.py`` checks the launchers)."""
 
@@ -12,9 +13,11 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     pytest.skip("ahead-of-time compile needs the real compiler, not the interpreter", allow_module_level=True)
 
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from examples.attention_variants import aot_configs as example_variant_configs
 from flashinfer_triton.kernels import all_aot_configs
 
 FULL_TARGETS = {"cuda90": GPUTarget("cuda", 90, 32), "gfx942": GPUTarget("hip", "gfx942", 64)}
@@ -53,7 +56,8 @@ def supported(cfg, target: str) -> bool:
 
 CASES = [pytest.param(cfg, t, id=f"{t}-{_id(cfg)}") for t in FULL_TARGETS for cfg in CONFIGS] + \
         [pytest.param(cfg, t, id=f"{t}-{_id(cfg)}") for t in SPOT_TARGETS
-         for cfg in spot_set([c for c in CONFIGS if supported(c, t)])]
+         for cfg in spot_set([c for c in CONFIGS if supported(c, t)])] + \
+        [pytest.param(cfg, t, id=f"{t}-{_id(cfg)}") for t in FULL_TARGETS for cfg in example_variant_configs()]
 
 
 @pytest.mark.parametrize("cfg,target", CASES)
@@ -72,3 +76,24 @@ def test_compiles(cfg, target):
 
 def test_registry_not_empty():
     assert len(CONFIGS) > 0
+
+
+@triton.jit
+def _misshapen_logits(logits, q_pos, kv_pos, qo_head, kv_head, req, params):
+    return tl.sum(logits, 1)
+
+
+def test_variant_compile_error_names_the_function():
+    """Triton's compiler (not the interpreter) on a hook returning the wrong shape: the error the
+    launcher raises names the function and the hook signature."""
+    import flashinfer_triton as flashinfer
+    from flashinfer_triton.attention.coverage import variant_aot_config
+
+    variant = flashinfer.AttentionVariant(logits_transform=_misshapen_logits)
+    cfg = variant_aot_config(variant)
+    with pytest.raises(triton.compiler.errors.CompilationError) as info:
+        triton.compile(ASTSource(fn=cfg.kernel, signature=cfg.signature, constexprs=cfg.constexprs),
+                       target=FULL_TARGETS["cuda90"], options={"num_warps": cfg.num_warps})
+    error = variant.explain(info.value)
+    assert isinstance(error, flashinfer.VariantError)
+    assert "logits_transform '_misshapen_logits'" in str(error) and "wrong shape or dtype" in str(error), str(error)

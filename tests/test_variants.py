@@ -68,6 +68,11 @@ def window_hook(q_pos, kv_pos, qo_head, kv_head, req, params):
 
 
 @triton.jit
+def window_range(q_first, q_last, kv_len, req, params):
+    return q_first - params[4].to(tl.int32), q_last + 1
+
+
+@triton.jit
 def alibi_hook(logits, q_pos, kv_pos, qo_head, kv_head, req, params):
     slope = tl.load(params[0] + qo_head)
     return logits + slope[:, None] * (kv_pos[None, :] - q_pos[:, None]).to(tl.float32)
@@ -88,7 +93,7 @@ def custom_mask_hook(q_pos, kv_pos, qo_head, kv_head, req, params):
 
 
 SOFT_CAP = flashinfer.AttentionVariant(logits_transform=soft_cap_hook, scalars=("cap",))
-WINDOW = flashinfer.AttentionVariant(logits_mask=window_hook, scalars=("window_left",))
+WINDOW = flashinfer.AttentionVariant(logits_mask=window_hook, kv_range=window_range, scalars=("window_left",))
 ALIBI = flashinfer.AttentionVariant(logits_transform=alibi_hook, tensors=("slopes",))
 CUSTOM_MASK = flashinfer.AttentionVariant(logits_mask=custom_mask_hook, tensors=("mask", "info"))
 
@@ -208,18 +213,21 @@ def test_t5_bias_paged_prefill_and_batch_decode(dtype):
 
 @pytest.mark.parametrize("dtype", LOW_DTYPES, ids=str)
 def test_document_mask_packed_sequences(dtype):
-    """Ragged prefill of two requests, each packing several documents (causal inside each)."""
+    """Ragged prefill of two requests, each packing several documents (causal inside each); the
+    variant's key range skips the blocks of other documents."""
     gen = _gen()
     hq, hkv, d = 4, 1, 64
     kv_lens = [gpu_or_cpu(50, 2048), gpu_or_cpu(37, 1500)]
-    docs = torch.cat([torch.randint(0, 5, (n,), generator=gen).sort().values for n in kv_lens]).to(torch.int32)
+    doc_lens = [[gpu_or_cpu(20, 700), gpu_or_cpu(1, 1), gpu_or_cpu(29, 1347)], [kv_lens[1]]]
+    bounds = ex.document_bounds_table(doc_lens)
+    docs = bounds[:, 0].contiguous()  # a token's document is named by its first position
     k = torch.randn(sum(kv_lens), hkv, d, generator=gen).to(dtype).to(DEVICE)
     v = torch.randn(sum(kv_lens), hkv, d, generator=gen).to(dtype).to(DEVICE)
     q = torch.randn(sum(kv_lens), hq, d, generator=gen).to(dtype).to(DEVICE)
     offsets = _i32(_cumsum(kv_lens))
     w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_workspace(), variant=ex.DOCUMENT_MASK)
     w.plan(offsets, offsets, hq, hkv, d, causal=True, q_data_type=dtype)
-    out, lse = w.run(q, k, v, docs.to(DEVICE), offsets, return_lse=True)
+    out, lse = w.run(q, k, v, bounds.to(DEVICE), offsets, return_lse=True)
     r = _cumsum(kv_lens)
     for b in range(2):
         sl = slice(r[b], r[b + 1])
@@ -260,6 +268,30 @@ def test_variant_in_cascade_levels():
     c.check(out, lse, q, dtype, name="cascade soft-cap variant ", logits_soft_cap=4.0)
     with pytest.raises(NotImplementedError, match="use_softmax=False"):
         flashinfer.MultiLevelCascadeAttentionWrapper(2, _workspace(), variant=ex.FLASH_SIGMOID)
+
+
+@triton.jit
+def keep_all(q_pos, kv_pos, qo_head, kv_head, req, params):
+    return (kv_pos[None, :] >= 0) & (q_pos[:, None] >= 0)
+
+
+@triton.jit
+def first_keys(q_first, q_last, kv_len, req, params):
+    return 0, params[4].to(tl.int32)
+
+
+def test_kv_range_bounds_the_keys_visited():
+    """A key range [0, n) with a mask that keeps everything: attention over the first n keys only
+    (the range is honoured exactly at its end; its start is aligned down and left to the mask)."""
+    dtype = LOW_DTYPES[0]
+    gen = _gen()
+    q = torch.randn(gpu_or_cpu(9, 300), 4, 64, generator=gen).to(dtype).to(DEVICE)
+    k = torch.randn(gpu_or_cpu(40, 900), 2, 64, generator=gen).to(dtype).to(DEVICE)
+    v = torch.randn(k.shape, generator=gen).to(dtype).to(DEVICE)
+    variant = flashinfer.AttentionVariant(logits_mask=keep_all, kv_range=first_keys, scalars=("n",))
+    n = gpu_or_cpu(13, 333)
+    out, lse = flashinfer.single_prefill_with_kv_cache(q, k, v, return_lse=True, variant=variant, variant_args=(n,))
+    _check(out, lse, lambda cd: attention_ref(q, k[:n], v[:n], compute_dtype=cd), dtype, "first keys")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,14 +357,20 @@ def int_mask_hook(q_pos, kv_pos, qo_head, kv_head, req, params):
     return (kv_pos[None, :] <= q_pos[:, None]).to(tl.int32)
 
 
+@triton.jit
+def block_range(q_first, q_last, kv_len, req, params):
+    return tl.arange(0, 16), q_last + 1
+
+
 @pytest.mark.parametrize("hook,role,kind", [
     pytest.param(wrong_dtype_hook, "logits_transform", "wrong shape or dtype", id="dtype"),
     pytest.param(wrong_shape_hook, "logits_transform", "wrong shape or dtype", id="shape"),
     pytest.param(broken_hook, "logits_transform", "does not compile", id="name-error"),
     pytest.param(int_mask_hook, "logits_mask", "wrong shape or dtype", id="mask-dtype"),
+    pytest.param(block_range, "kv_range", "wrong shape or dtype", id="range-shape"),
 ])
 def test_bad_hook_error_names_the_function(hook, role, kind):
-    variant = flashinfer.AttentionVariant(**{role: hook})
+    variant = flashinfer.AttentionVariant(**{role: hook}, **({"logits_mask": keep_all} if role == "kv_range" else {}))
     q = torch.randn(3, 4, 64, device=DEVICE, dtype=LOW_DTYPES[0])
     k = torch.randn(5, 2, 64, device=DEVICE, dtype=LOW_DTYPES[0])
     with pytest.raises(flashinfer.VariantError) as info:
@@ -354,6 +392,8 @@ def test_bad_variant_arguments():
         flashinfer.AttentionVariant(logits_transform=alibi_hook, tensors=tuple("abcde"))
     with pytest.raises(ValueError, match="use_softmax=False"):
         flashinfer.AttentionVariant(logits_mask=window_hook, use_softmax=False)
+    with pytest.raises(ValueError, match="kv_range: .*logits_mask"):
+        flashinfer.AttentionVariant(logits_transform=alibi_hook, kv_range=window_range)
     with pytest.raises(TypeError, match="variant: expected a flashinfer_triton.AttentionVariant"):
         flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace(), variant=alibi_hook)
     with pytest.raises(TypeError, match="missing \\['slopes'\\]"):

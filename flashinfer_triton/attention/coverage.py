@@ -157,6 +157,21 @@ def aot_config(row: Dict[str, object]) -> AotConfig:
                      config_name(row))
 
 
+def variant_aot_config(variant, param_dtypes=(), *, head_dim: int = 128, dtype=torch.bfloat16, paged: bool = True,
+                       causal: bool = True, group: int = 4, qo_len: int = 8192, page_size: int = 16) -> AotConfig:
+    """The attention kernel with a user variant's hooks at one problem shape (default: bf16 causal
+    paged prefill of 8192 query rows, D 128, GQA 4, on the Hopper table): what a variant's first call
+    compiles, for the AOT tier and for measuring its compile time. ``param_dtypes``: the dtypes of the
+    variant's tensors, in order."""
+    opts = make_options(num_qo_heads=group, num_kv_heads=1, head_dim=head_dim, q_data_type=dtype, paged=paged,
+                        causal=causal, variant=variant)
+    cfg = select_config(opts, DeviceInfo("h200", "h200", "cuda", "90", 132, 232448, 32), qo_len, qo_len, page_size)
+    cx = kernel_constexprs(opts, cfg, False, False, False)
+    dt = str(dtype).replace("torch.float", "f")
+    return AotConfig(attention_kernel, aot_signature(dtype, dtype, dtype, param_dtypes), cx, cfg.num_warps,
+                     cfg.num_stages, f"attn_variant_{variant.name}_{cfg.block_m}x{cfg.block_n}_d{head_dim}_{dt}")
+
+
 def attention_aot_configs() -> List[AotConfig]:
     from ..kernels.attention import merge as km
 

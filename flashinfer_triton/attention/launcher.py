@@ -66,6 +66,7 @@ def kernel_constexprs(opts: AttentionOptions, cfg: KernelConfig, has_window: boo
         MERGE_BLOCK_C=cfg.merge_block_c,
         LOGITS_HOOK=None if variant is None else variant.logits_transform,
         MASK_HOOK=None if variant is None else variant.logits_mask,
+        RANGE_HOOK=None if variant is None else variant.kv_range,
         USE_SOFTMAX=True if variant is None else variant.use_softmax, DOT_PRECISION=cfg.dot_precision,
     )
     return {name: values[name] for name in CONSTEXPR_ARGS}

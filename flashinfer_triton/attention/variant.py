@@ -27,6 +27,11 @@ The hooks (``BLOCK_M`` rows = query tokens x query heads of one KV head, ``BLOCK
 ``logits_mask(q_pos, kv_pos, qo_head, kv_head, req, params) -> keep``
     Returns bool ``[BLOCK_M, BLOCK_N]``; False removes the key (on top of the plan's causal /
     window / custom mask). A variant with a mask visits every block with the masked path.
+``kv_range(q_first, q_last, kv_len, req, params) -> (lo, hi)``
+    Optional, with a ``logits_mask``: int32 scalars bounding the key positions ``[lo, hi)`` that the
+    queries at positions ``q_first..q_last`` (one tile) can see, so that the kernel skips the
+    blocks outside (FlexAttention's block mask, computed in the kernel: a document mask visits only
+    the tile's documents). The mask still decides every key of a visited block.
 
 Arguments of both: ``q_pos`` int32 ``[BLOCK_M]`` the query's position in its sequence
 (``kv_len - qo_len + i``: queries are the last ``qo_len`` tokens, as in the causal mask);
@@ -60,10 +65,15 @@ MAX_SCALARS = 4
 PARAM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2, torch.int32,
                 torch.int64, torch.uint8)
 HOOK_ARGS = {"logits_transform": ("logits", "q_pos", "kv_pos", "qo_head", "kv_head", "req", "params"),
-             "logits_mask": ("q_pos", "kv_pos", "qo_head", "kv_head", "req", "params")}
-HOOK_RESULTS = {"logits_transform": "float32 [BLOCK_M, BLOCK_N] logits", "logits_mask": "bool [BLOCK_M, BLOCK_N] keep"}
+             "logits_mask": ("q_pos", "kv_pos", "qo_head", "kv_head", "req", "params"),
+             "kv_range": ("q_first", "q_last", "kv_len", "req", "params")}
+HOOK_RESULTS = {"logits_transform": "float32 [BLOCK_M, BLOCK_N] logits", "logits_mask": "bool [BLOCK_M, BLOCK_N] keep",
+                "kv_range": "(lo, hi) int32 scalars"}
+_POSITIONS = "int32 q_pos [BLOCK_M], kv_pos [BLOCK_N], qo_head [BLOCK_M], kv_head and req scalars"
+HOOK_ARG_TYPES = {"logits_transform": "logits float32 [BLOCK_M, BLOCK_N], " + _POSITIONS, "logits_mask": _POSITIONS,
+                  "kv_range": "q_first, q_last, kv_len and req int32 scalars"}
 # The kernel's compile-time checks of a hook's result (kernels/attention/variants.py) start so.
-CHECK_MESSAGES = {"logits_transform": "logits_transform must return", "logits_mask": "logits_mask must return"}
+CHECK_MESSAGES = {role: f"{role} must return" for role in HOOK_ARGS}
 NO_PARAMS = ((), ())
 _SERIALS = itertools.count()
 
@@ -129,6 +139,9 @@ class AttentionVariant:
         ``[BLOCK_M, BLOCK_N]``; ``logits`` are ``sm_scale * q.k`` (natural units).
     logits_mask : @triton.jit function or None
         ``logits_mask(q_pos, kv_pos, qo_head, kv_head, req, params)`` -> bool ``[BLOCK_M, BLOCK_N]``.
+    kv_range : @triton.jit function or None
+        ``kv_range(q_first, q_last, kv_len, req, params)`` -> ``(lo, hi)``: the key positions a
+        tile of queries can see (blocks outside are skipped); only with a ``logits_mask``.
     use_softmax : bool
         False: the transform's output is the weight of each key, summed with V (no softmax, no LSE:
         ``return_lse``, ``sinks`` and cascade levels are refused).
@@ -145,12 +158,16 @@ class AttentionVariant:
     configuration (seconds) and is cached on disk by Triton, keyed on the hooks' source.
     """
 
-    __slots__ = ("logits_transform", "logits_mask", "use_softmax", "tensors", "scalars", "name", "serial")
+    __slots__ = ("logits_transform", "logits_mask", "kv_range", "use_softmax", "tensors", "scalars", "name", "serial")
 
-    def __init__(self, logits_transform=None, logits_mask=None, *, use_softmax: bool = True,
+    def __init__(self, logits_transform=None, logits_mask=None, *, kv_range=None, use_softmax: bool = True,
                  tensors: Sequence[str] = (), scalars: Sequence[str] = (), name: Optional[str] = None) -> None:
         self.logits_transform = _check_hook("logits_transform", logits_transform)
         self.logits_mask = _check_hook("logits_mask", logits_mask)
+        self.kv_range = _check_hook("kv_range", kv_range)
+        if kv_range is not None and logits_mask is None:
+            raise ValueError("kv_range: a key range only skips blocks; it needs the logits_mask that removes the "
+                             "keys outside it inside the visited blocks")
         if not isinstance(use_softmax, bool):
             raise TypeError(f"use_softmax: expected a bool, got {type(use_softmax).__name__}")
         if logits_transform is None and logits_mask is None:
@@ -186,8 +203,8 @@ class AttentionVariant:
 
     def hooks(self) -> Dict[str, object]:
         """The hooks that are set, by role."""
-        return {role: fn for role, fn in (("logits_transform", self.logits_transform),
-                                          ("logits_mask", self.logits_mask)) if fn is not None}
+        return {role: fn for role, fn in (("logits_transform", self.logits_transform), ("logits_mask", self.logits_mask),
+                                          ("kv_range", self.kv_range)) if fn is not None}
 
     def args(self, *values, **named) -> tuple:
         """The run() arguments in declaration order (tensors, then scalars) from positional values
@@ -251,9 +268,10 @@ class AttentionVariant:
                     role, kind = r, "does not compile into the attention kernel"
                     break
         if role is None:
-            from ..kernels.attention.variants import user_logits, user_mask
+            from ..kernels.attention.variants import user_kv_range, user_logits, user_mask
 
-            for r, checker in (("logits_transform", user_logits), ("logits_mask", user_mask)):
+            for r, checker in (("logits_transform", user_logits), ("logits_mask", user_mask),
+                               ("kv_range", user_kv_range)):
                 if r in hooks and _raised_in(checker, chain):  # e.g. it returned a Python number
                     role, kind = r, "returns the wrong shape or dtype"
                     break
@@ -265,9 +283,8 @@ class AttentionVariant:
         return VariantError(
             f"{role} {fn.fn.__name__!r} ({_where(fn)}) of variant {self.name!r} {kind}:\n"
             f"  {type(root).__name__}: {detail}\n"
-            f"A {role} is a @triton.jit function {hook_signature(role)}; positions int32 q_pos [BLOCK_M], "
-            f"kv_pos [BLOCK_N], qo_head [BLOCK_M], kv_head and req scalars, params = (t0, t1, t2, t3, s0, s1, s2, "
-            f"s3) with tensors {self.tensors} and scalars {self.scalars}.")
+            f"A {role} is a @triton.jit function {hook_signature(role)}; {HOOK_ARG_TYPES[role]}, params = (t0, t1, "
+            f"t2, t3, s0, s1, s2, s3) with tensors {self.tensors} and scalars {self.scalars}.")
 
 
 def _raised_in(fn, chain) -> bool:

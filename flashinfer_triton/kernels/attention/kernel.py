@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .helpers import attend_block, tile_bounds
+from .variants import user_kv_range
 from .elementwise import rope_rotate
 from .merge import merge_chunks
 
@@ -59,7 +60,8 @@ def attention_kernel(
     HEAD_DIM_VO: tl.constexpr, BLOCK_DV: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr, POS_ENC: tl.constexpr,
     CUSTOM_MASK: tl.constexpr, HAS_SINKS: tl.constexpr, WRITE_LSE: tl.constexpr, MERGE_M: tl.constexpr,
     MERGE_BLOCK_C: tl.constexpr,
-    LOGITS_HOOK: tl.constexpr, MASK_HOOK: tl.constexpr, USE_SOFTMAX: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    LOGITS_HOOK: tl.constexpr, MASK_HOOK: tl.constexpr, RANGE_HOOK: tl.constexpr, USE_SOFTMAX: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """Shapes (elements): q [N_q, H_qo, HEAD_DIM]; paged K/V addressed as
     ``page * stride_kp + slot * stride_kt + head * stride_kh`` (ragged: ``token * stride_kt + ...``);
@@ -120,6 +122,12 @@ def attention_kernel(
     ALL_MASKED: tl.constexpr = CUSTOM_MASK or (MASK_HOOK is not None)
     lo, hi, full_lo, full_hi = tile_bounds(kv_start, kv_end, q_start, tile_q, qo_len, kv_len, window_left,
                                            BLOCK_N, CAUSAL, HAS_WINDOW, ALL_MASKED)
+    if RANGE_HOOK is not None:
+        # The variant's key range of this tile (a mask comes with it: every block stays masked).
+        lo, hi = user_kv_range(RANGE_HOOK, lo, hi, q_start + kv_len - qo_len,
+                               tl.minimum(q_start + tile_q, qo_len) - 1 + kv_len - qo_len, kv_len, req, params, BLOCK_N)
+        full_lo = lo
+        full_hi = lo
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

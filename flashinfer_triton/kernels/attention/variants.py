@@ -16,6 +16,10 @@ check their results when the kernel compiles (the public API and its documentati
     Without softmax (``USE_SOFTMAX=False``, e.g. sigmoid attention) it returns the weights directly.
 ``MASK_HOOK(q_pos, kv_pos, qo_head, kv_head, req, params) -> keep``
     bool ``[BLOCK_M, BLOCK_N]``; False removes a key. Every block then takes the masked path.
+``RANGE_HOOK(q_first, q_last, kv_len, req, params) -> (lo, hi)``
+    int32 scalars: the key positions ``[lo, hi)`` that queries at positions ``q_first..q_last`` (a
+    tile) can see; blocks outside are skipped (block sparsity). Only with a ``MASK_HOOK``, which
+    still removes the keys of the visited blocks that are outside (blocks are ``BLOCK_N``-aligned).
 
 Logits inside the loop are base-2 (``* log2 e``); the hooks see natural units (with a hook the
 built-ins compute in natural units and one multiply by ``log2 e`` follows the hook).
@@ -87,6 +91,20 @@ def user_mask(MASK_HOOK: tl.constexpr, q_pos, kv_pos, qo_head, kv_head, req, par
     tl.static_assert(keep.shape[0] == q_pos.shape[0], "logits_mask must return a bool keep mask [BLOCK_M, BLOCK_N]")
     tl.static_assert(keep.shape[1] == kv_pos.shape[0], "logits_mask must return a bool keep mask [BLOCK_M, BLOCK_N]")
     return keep
+
+
+@triton.jit
+def user_kv_range(RANGE_HOOK: tl.constexpr, lo, hi, q_first, q_last, kv_len, req, params, BLOCK_N: tl.constexpr):
+    """The tile's KV range ``[lo, hi)`` narrowed to the variant's ``[range_lo, range_hi)``; ``lo``
+    stays aligned to ``BLOCK_N`` (blocks start on page boundaries)."""
+    range_lo, range_hi = RANGE_HOOK(q_first, q_last, kv_len, req, params)
+    range_lo = tl.full([], range_lo, tl.int32)
+    range_hi = tl.full([], range_hi, tl.int32)
+    tl.static_assert(len(range_lo.shape) == 0, "kv_range must return two int32 scalars (lo, hi)")
+    tl.static_assert(len(range_hi.shape) == 0, "kv_range must return two int32 scalars (lo, hi)")
+    lo = tl.maximum(lo, tl.maximum(range_lo, 0) // BLOCK_N * BLOCK_N)
+    hi = tl.minimum(hi, range_hi)
+    return lo, hi
 
 
 @triton.jit
