@@ -167,7 +167,7 @@ def variant_aot_config(variant, param_dtypes=(), *, head_dim: int = 128, dtype=t
                         causal=causal, variant=variant)
     cfg = select_config(opts, DeviceInfo("h200", "h200", "cuda", "90", 132, 232448, 32), qo_len, qo_len, page_size)
     cx = kernel_constexprs(opts, cfg, False, False, False)
-    dt = str(dtype).replace("torch.float", "f")
+    dt = str(dtype).replace("torch.", "").replace("float", "f")
     return AotConfig(attention_kernel, aot_signature(dtype, dtype, dtype, param_dtypes), cx, cfg.num_warps,
                      cfg.num_stages, f"attn_variant_{variant.name}_{cfg.block_m}x{cfg.block_n}_d{head_dim}_{dt}")
 
