@@ -8,7 +8,8 @@ T5 bias of examples/attention_variants.py at its AOT shape (bf16 causal paged pr
 
     PYTHONPATH=. python benchmarks/variant_compile_time.py [--target cuda:90] [--runs 2]
 
-Prints one line per process; ``--json`` also writes benchmarks/results/variant_compile.json.
+Prints one line per process; ``--json`` also writes benchmarks/results/variant_compile.json (and a
+copy to ``$OUT`` when set), with the CPU count and load average (compiles are CPU work).
 """
 
 from __future__ import annotations
@@ -87,11 +88,14 @@ def main() -> None:
             rows.append(dict(process=run + 1, cache="cold" if run == 0 else "warm", target=args.target,
                              compile_s=float(compile_s), process_s=float(process_s)))
     if args.json:
-        path = os.path.join(ROOT, "benchmarks", "results", "variant_compile.json")
-        with open(path, "w") as f:
-            json.dump({"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}, f,
-                      indent=1)
-        print(f"wrote {path}")
+        payload = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0], "rows": rows}
+        for directory in (os.path.join(ROOT, "benchmarks", "results"), os.environ.get("OUT")):
+            if directory:
+                path = os.path.join(directory, "variant_compile.json")
+                with open(path, "w") as f:
+                    json.dump(payload, f, indent=1)
+                print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,11 @@ for step in "$@"; do
     tests-sparse) timeout 300 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_sparse.py \
                   > $OUT/tests_sparse.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests_sparse.log | tail -25 ;;
     bench-sparse) timeout 300 python3 benchmarks/bench_sparse.py --plot 2>&1 | tee $OUT/bench_sparse.log | tail -50 ;;
+    tests-variants) timeout 300 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_variants.py \
+                  > $OUT/tests_variants.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests_variants.log | tail -25;
+                timeout 120 python3 examples/attention_variants.py 2>&1 | tail -8 ;;
+    bench-variants) timeout 330 python3 benchmarks/bench_variants.py 2>&1 | tee $OUT/bench_variants.log | tail -40 ;;
+    compile-variant) timeout 200 python3 benchmarks/variant_compile_time.py --json 2>&1 | tail -4 ;;
     *) echo "unknown step $step" ;;
   esac
 done

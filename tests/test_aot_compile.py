@@ -83,17 +83,32 @@ def _misshapen_logits(logits, q_pos, kv_pos, qo_head, kv_head, req, params):
     return tl.sum(logits, 1)
 
 
-def test_variant_compile_error_names_the_function():
-    """Triton's compiler (not the interpreter) on a hook returning the wrong shape: the error the
-    launcher raises names the function and the hook signature."""
+@triton.jit
+def _undefined_name(logits, q_pos, kv_pos, qo_head, kv_head, req, params):
+    return logits + not_defined_anywhere  # noqa: F821
+
+
+@triton.jit
+def _int_mask(q_pos, kv_pos, qo_head, kv_head, req, params):
+    return (kv_pos[None, :] <= q_pos[:, None]).to(tl.int32)
+
+
+@pytest.mark.parametrize("role,hook,kind", [
+    pytest.param("logits_transform", _misshapen_logits, "wrong shape or dtype", id="shape"),
+    pytest.param("logits_transform", _undefined_name, "does not compile", id="name-error"),
+    pytest.param("logits_mask", _int_mask, "wrong shape or dtype", id="mask-dtype"),
+])
+def test_variant_compile_error_names_the_function(role, hook, kind):
+    """Triton's compiler (not the interpreter) on a broken hook: the error the launcher raises names
+    the function and the hook signature (the frontend fails before any code generation)."""
     import flashinfer_triton as flashinfer
     from flashinfer_triton.attention.coverage import variant_aot_config
 
-    variant = flashinfer.AttentionVariant(logits_transform=_misshapen_logits)
+    variant = flashinfer.AttentionVariant(**{role: hook})
     cfg = variant_aot_config(variant)
     with pytest.raises(triton.compiler.errors.CompilationError) as info:
         triton.compile(ASTSource(fn=cfg.kernel, signature=cfg.signature, constexprs=cfg.constexprs),
                        target=FULL_TARGETS["cuda90"], options={"num_warps": cfg.num_warps})
     error = variant.explain(info.value)
-    assert isinstance(error, flashinfer.VariantError)
-    assert "logits_transform '_misshapen_logits'" in str(error) and "wrong shape or dtype" in str(error), str(error)
+    assert isinstance(error, flashinfer.VariantError), f"not attributed to the hook: {info.value}"
+    assert f"{role} {hook.fn.__name__!r}" in str(error) and kind in str(error), str(error)
