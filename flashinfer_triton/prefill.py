@@ -210,7 +210,7 @@ class _BatchPrefillBase:
     _paged = False
 
     def _init_common(self, float_workspace_buffer, kv_layout, use_cuda_graph, backend, jit_args, jit_kwargs,
-                     custom_mask_buf, mask_indptr_buf, variant):
+                     custom_mask_buf, mask_indptr_buf, variant=None):
         check_layout(kv_layout)
         check_tensor("float_workspace_buffer", float_workspace_buffer)
         check_backend(backend)

@@ -22,11 +22,18 @@ What FlashInfer 0.6 computes, and so these do:
 - A row with no visible key (no stored block, or all masked) gives zeros and LSE ``-inf``.
 
 The LSE (``return_lse``) is base 2, ``log2(sum_j 2^(s_j * log2 e))`` over the scaled logits, float32.
+
+A ``variant=`` (``flashinfer_triton.AttentionVariant``, an extension) applies on top: its hooks see
+positions in that compacted key list (``kv_pos`` is the entry ``p``, ``q_pos`` the bottom-right
+aligned row) and ``req`` the scheduler's request (a row block; for the variable wrapper, a (KV head,
+row block) pair), so position-free hooks (soft caps, per-head biases, value-based masks) are the
+ones that mean the same as on dense attention. ``run(..., variant_args=(...))`` passes its tensors
+then scalars.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -38,6 +45,7 @@ from .attention.block_sparse import (
 from .attention.kv import KVView, check_csr, host_int64, unpack_paged_kv_cache
 from .attention.ops import run_attention
 from .attention.options import Q_DTYPES, check_backend, make_options, pos_encoding_code
+from .attention.variant import AttentionVariant, check_variant, run_params
 from .attention.plan import PlannedAttention
 from .attention.scheduler import DeviceMetadata
 from .attention.workspace import Workspace
@@ -108,8 +116,10 @@ def convert_bsr_mask_layout(mask: torch.Tensor, indptr: torch.Tensor) -> torch.T
 class _SparseWrapperBase:
     """Workspace, plan state and the launch shared by both wrappers."""
 
-    def __init__(self, float_workspace_buffer: torch.Tensor, backend: str) -> None:
+    def __init__(self, float_workspace_buffer: torch.Tensor, backend: str,
+                 variant: Optional[AttentionVariant] = None) -> None:
         check_tensor("float_workspace_buffer", float_workspace_buffer)
+        self._variant = check_variant(variant)
         self._backend = _check_sparse_backend(backend)
         self._float_workspace_buffer = float_workspace_buffer
         self._workspace = Workspace(float_workspace_buffer)
@@ -136,7 +146,7 @@ class _SparseWrapperBase:
 
     def _plan(self, options: dict, batch: SparseBatch, kv_indices: torch.Tensor, dense_qo_len: int, mask,
               mask_indptr, non_blocking: bool) -> None:
-        opts = make_options(paged=True, **options)
+        opts = make_options(paged=True, variant=self._variant, **options)
         self._planned = plan_block_sparse(opts, self._workspace, self._meta, batch, kv_indices, dense_qo_len,
                                           mask=mask, mask_indptr=mask_indptr, non_blocking=non_blocking)
         self._inputs = (batch, kv_indices, dense_qo_len, mask, mask_indptr)
@@ -188,8 +198,10 @@ class _SparseWrapperBase:
             lse = torch.empty(shape_o[:2], dtype=torch.float32, device=self.device)
         return out, lse, return_lse
 
-    def _launch(self, q: torch.Tensor, kv: KVView, out: torch.Tensor, lse: Optional[torch.Tensor]) -> None:
-        run_attention(self._planned.launcher, q, kv, out, lse)
+    def _launch(self, q: torch.Tensor, kv: KVView, out: torch.Tensor, lse: Optional[torch.Tensor],
+                variant_args: Sequence = ()) -> None:
+        params = run_params(self._planned.opts.variant, tuple(variant_args), self.device, want_lse=lse is not None)
+        run_attention(self._planned.launcher, q, kv, out, lse, params=params)
 
 
 class BlockSparseAttentionWrapper(_SparseWrapperBase):
@@ -207,10 +219,14 @@ class BlockSparseAttentionWrapper(_SparseWrapperBase):
         ``"auto"``, ``"fa2"``, ``"fa3"`` or ``"triton"``: all run this library's Triton kernel. FlashInfer's
         VSA backends (``"vsa_sm100_blk128"``, ``"vsa_sm100_blk64"``, ``"vsa_sm120_blk64"``) raise
         NotImplementedError.
+    variant : Optional[AttentionVariant]
+        Extension: Triton hooks compiled into the kernel (see the module docstring for what their
+        positions mean here); run() takes its tensors and scalars as ``variant_args``.
     """
 
-    def __init__(self, float_workspace_buffer: torch.Tensor, backend: str = "auto") -> None:
-        super().__init__(float_workspace_buffer, backend)
+    def __init__(self, float_workspace_buffer: torch.Tensor, backend: str = "auto",
+                 variant: Optional[AttentionVariant] = None) -> None:
+        super().__init__(float_workspace_buffer, backend, variant)
         self.M: Optional[int] = None
         self.N: Optional[int] = None
         self.R: Optional[int] = None
@@ -351,6 +367,7 @@ class BlockSparseAttentionWrapper(_SparseWrapperBase):
         lse: Optional[torch.Tensor] = None,
         return_lse: bool = False,
         enable_pdl: Optional[bool] = None,
+        variant_args: Sequence = (),
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """Block-sparse attention of the planned pattern.
 
@@ -363,6 +380,7 @@ class BlockSparseAttentionWrapper(_SparseWrapperBase):
         lse : optional ``[M, num_qo_heads]`` float32 buffer (implies returning it).
         return_lse : also return the LSE.
         enable_pdl : None/False (True raises NotImplementedError).
+        variant_args : the variant's tensors then scalars (a wrapper built with ``variant=``).
 
         Returns
         -------
@@ -380,7 +398,7 @@ class BlockSparseAttentionWrapper(_SparseWrapperBase):
         pages = (self.N // self.C, self.C, opts.num_kv_heads, opts.head_dim)
         kv = unpack_paged_kv_cache((k.view(pages), v.view(pages)), "NHD", name="k/v")
         out, lse, return_lse = self._outputs(out, lse, return_lse, (self.M, opts.num_qo_heads, opts.head_dim))
-        self._launch(q, kv, out, lse)
+        self._launch(q, kv, out, lse, variant_args)
         return (out, lse) if return_lse else out
 
 
@@ -398,10 +416,14 @@ class VariableBlockSparseAttentionWrapper(_SparseWrapperBase):
         uint8 (any dtype accepted) on the device; holds split-KV partials (FlashInfer uses 128 MB).
     backend : str
         ``"auto"``, ``"fa2"``, ``"fa3"`` or ``"triton"``: all run this library's Triton kernel.
+    variant : Optional[AttentionVariant]
+        Extension: Triton hooks compiled into the kernel (see the module docstring for what their
+        positions mean here); run() takes its tensors and scalars as ``variant_args``.
     """
 
-    def __init__(self, float_workspace_buffer: torch.Tensor, backend: str = "auto") -> None:
-        super().__init__(float_workspace_buffer, backend)
+    def __init__(self, float_workspace_buffer: torch.Tensor, backend: str = "auto",
+                 variant: Optional[AttentionVariant] = None) -> None:
+        super().__init__(float_workspace_buffer, backend, variant)
         self._shape = None  # (num_qo_heads, qo_len, num_kv_heads, kv_len, head_dim)
         self._lse_rows = None  # GQA: the LSE as the kernel writes it (head-major rows x group)
 
@@ -507,6 +529,7 @@ class VariableBlockSparseAttentionWrapper(_SparseWrapperBase):
         lse: Optional[torch.Tensor] = None,
         return_lse: bool = False,
         enable_pdl: Optional[bool] = None,
+        variant_args: Sequence = (),
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """Variable-block sparse attention of the planned pattern.
 
@@ -521,6 +544,7 @@ class VariableBlockSparseAttentionWrapper(_SparseWrapperBase):
         lse : optional contiguous ``[num_qo_heads, qo_len]`` float32 buffer (implies returning it).
         return_lse : also return the LSE.
         enable_pdl : None/False (True raises NotImplementedError).
+        variant_args : the variant's tensors then scalars (a wrapper built with ``variant=``).
 
         Returns
         -------
@@ -549,7 +573,7 @@ class VariableBlockSparseAttentionWrapper(_SparseWrapperBase):
         else:
             lse_rows = self._lse_rows
         # Head-major q / out as the kernel's [rows, group, D]: row stride D, head stride qo_len * D.
-        self._launch(q.transpose(0, 1), kv, out.transpose(0, 1), lse_rows)
+        self._launch(q.transpose(0, 1), kv, out.transpose(0, 1), lse_rows, variant_args)
         if lse is not None and self._lse_rows is not None:
             group = num_qo // num_kv
             lse.view(num_kv, group, qo_len).copy_(

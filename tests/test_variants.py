@@ -294,6 +294,36 @@ def test_kv_range_bounds_the_keys_visited():
     _check(out, lse, lambda cd: attention_ref(q, k[:n], v[:n], compute_dtype=cd), dtype, "first keys")
 
 
+def test_variant_in_block_sparse_wrappers():
+    """A position-free variant (soft cap) on both block-sparse wrappers: the dense reference with
+    the expanded block mask and the soft cap."""
+    from tests.reference.sparse import bsr_dense_mask, variable_dense_mask
+    from tests.test_sparse import _random_bsr
+
+    dtype = LOW_DTYPES[0]
+    gen = _gen()
+    R, C, M, N, hq, hkv, d = 16, 16, gpu_or_cpu(40, 500), gpu_or_cpu(64, 1024), 4, 2, 64
+    indptr, indices = _random_bsr(-(-M // R), N // C, 0.6, gen)
+    q = torch.randn(M, hq, d, generator=gen).to(dtype).to(DEVICE)
+    k = torch.randn(N, hkv, d, generator=gen).to(dtype).to(DEVICE)
+    v = torch.randn(N, hkv, d, generator=gen).to(dtype).to(DEVICE)
+    w = flashinfer.BlockSparseAttentionWrapper(_workspace(), variant=SOFT_CAP)
+    w.plan(_i32(indptr), _i32(indices), M, N, R, C, hq, hkv, d, q_data_type=dtype, o_data_type=dtype)
+    out, lse = w.run(q, k, v, return_lse=True, variant_args=(5.0,))
+    dense = bsr_dense_mask(indptr, indices, M, N, R, C).to(DEVICE)
+    _check(out, lse, lambda cd: attention_ref(q, k, v, custom_mask=dense, logits_soft_cap=5.0, compute_dtype=cd),
+           dtype, "block-sparse soft-cap variant")
+    rows, cols = [M // 2, M - M // 2], [N // 4, 3 * N // 4]
+    block_mask = torch.tensor([[[True, False], [True, True]]] * hkv)
+    vw = flashinfer.VariableBlockSparseAttentionWrapper(_workspace(), variant=SOFT_CAP)
+    vw.plan(block_mask.to(DEVICE), _i32([rows] * hkv), _i32([cols] * hkv), hq, hkv, d, q_data_type=dtype)
+    qh, kh, vh = (x.transpose(0, 1).contiguous() for x in (q, k, v))
+    out = vw.run(qh, kh, vh, variant_args=(5.0,))
+    dense = variable_dense_mask(block_mask[0], rows, cols).to(DEVICE)
+    _check(out.transpose(0, 1), None, lambda cd: attention_ref(q, k, v, custom_mask=dense, logits_soft_cap=5.0,
+                                                               compute_dtype=cd), dtype, "variable-block soft-cap variant")
+
+
 # ---------------------------------------------------------------------------------------------
 # Attention sinks: FlashInfer's sink wrapper.
 
