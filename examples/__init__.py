@@ -1,0 +1,1 @@
+"""Runnable examples (CPU interpreter and GPU); importable by the tests and the AOT tier."""
