@@ -68,8 +68,8 @@ def _warps(n: int) -> int:
     return K.hip_warps(n) if _IS_HIP else n
 
 
-def _split(batch: int, vocab: int, device: torch.device, cfg: K.SamplingConfig):
-    return K.split_for(batch, vocab, num_compute_units(device.index or 0), cfg)
+def _split(batch: int, vocab: int, device: torch.device, cfg: K.SamplingConfig, split=None):
+    return K.split_for(batch, vocab, num_compute_units(device.index or 0), cfg, split)
 
 
 def _grid_rows(batch: int, cfg: K.SamplingConfig) -> int:
@@ -118,13 +118,13 @@ def _workspace(batch, split, chunk, cfg, dev, need_w=True):
 
 
 def _run_pass_resolve(x, indices, fargs, joint, op, is_logits, cfg, out, aux, state, rng, stride_o=0,
-                      spec_write=0, bracket=1, tie_large=0):
+                      spec_write=0, bracket=1, tie_large=0, split=None):
     """Launch the pass kernel over (row groups, split) and the resolve kernel over row groups.
     Returns the split (the filters' apply kernel runs when it is above 1)."""
     dev = x.device
     batch = indices.shape[0] if indices is not None else x.shape[0]
     n = x.shape[1]
-    split, chunk = _split(batch, n, dev, cfg)
+    split, chunk = _split(batch, n, dev, cfg, split)
     region, pi, pf, ck, ci = _workspace(batch, split, chunk, cfg, dev, op in (K.OP_SAMPLE, K.OP_RENORM))
     idx = indices if indices is not None else _dummy(dev, torch.int32)
     groups = _grid_rows(batch, cfg)
@@ -150,7 +150,8 @@ def _run_pass_resolve(x, indices, fargs, joint, op, is_logits, cfg, out, aux, st
 
 
 def _launch_sample(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, mode_m, joint, is_logits,
-                   u, seed_arr, seed_val, off_arr, off_val):
+                   u, seed_arr, seed_val, off_arr, off_val, *, config=None, split=None):
+    """``config`` / ``split``: tuning overrides of the table (benchmarks/tune_sampling.py)."""
     dev = x.device
     batch = indices.shape[0] if indices is not None else x.shape[0]
     samples = torch.empty(batch, dtype=torch.int32, device=dev)
@@ -158,9 +159,9 @@ def _launch_sample(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_
     if batch == 0:
         return samples, valid
     rng = (u, seed_arr, seed_val, off_arr, off_val)
-    cfg = K.sampling_config(x.shape[1], interpreter=interpreter_active())
+    cfg = config or K.sampling_config(x.shape[1], interpreter=interpreter_active())
     plain = mode_k == 0 and mode_p == 0 and mode_m == 0
-    if plain and not is_logits and _split(batch, x.shape[1], dev, cfg)[0] == 1:
+    if plain and not is_logits and _split(batch, x.shape[1], dev, cfg, split)[0] == 1:
         r = _rng_args(rng, dev)
         K.sample_direct_kernel[(_grid_rows(batch, cfg),)](
             x, indices if indices is not None else _dummy(dev, torch.int32), samples, valid, r["p_u"], r["p_seed"],
@@ -170,7 +171,7 @@ def _launch_sample(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_
         )
         return samples, valid
     fargs = _filter_args(x, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, mode_m)
-    _run_pass_resolve(x, indices, fargs, joint, K.OP_SAMPLE, is_logits, cfg, samples, valid, None, rng)
+    _run_pass_resolve(x, indices, fargs, joint, K.OP_SAMPLE, is_logits, cfg, samples, valid, None, rng, split=split)
     return samples, valid
 
 
@@ -191,16 +192,16 @@ def _(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, mo
     return x.new_empty(batch, dtype=torch.int32), x.new_empty(batch, dtype=torch.bool)
 
 
-def _launch_filter(x, k_arr, k_val, p_arr, p_val, mode_k, mode_p, op):
+def _launch_filter(x, k_arr, k_val, p_arr, p_val, mode_k, mode_p, op, *, config=None, split=None):
     dev = x.device
     out = torch.empty_like(x)
     if x.shape[0] == 0:
         return out
-    cfg = K.sampling_config(x.shape[1], tiny_ok=False)
+    cfg = config or K.sampling_config(x.shape[1], tiny_ok=False)
     fargs = _filter_args(x, k_arr, k_val, p_arr, p_val, None, 0.0, mode_k, mode_p, 0)
     state = torch.empty(x.shape[0] * 3, dtype=torch.int32, device=dev)
     split, chunk = _run_pass_resolve(x, None, fargs, True, op, op == K.OP_MASK, cfg, out, _dummy(dev, torch.bool),
-                                     state, None, stride_o=out.stride(0), spec_write=1)
+                                     state, None, stride_o=out.stride(0), spec_write=1, split=split)
     if split > 1:
         K.filter_apply_kernel[(_grid_rows(x.shape[0], cfg), split)](
             x, out, state, x.stride(0), out.stride(0), x.shape[1], x.shape[0], chunk, OP=op, ROWS=cfg.rows,
@@ -220,16 +221,16 @@ def _(x, k_arr, k_val, p_arr, p_val, mode_k, mode_p, op):
     return torch.empty_like(x)
 
 
-def _launch_top_k(x, k, tie_large):
+def _launch_top_k(x, k, tie_large, *, config=None, split=None):
     dev = x.device
     values = torch.empty((x.shape[0], k), dtype=x.dtype, device=dev)
     indices = torch.empty((x.shape[0], k), dtype=torch.int64, device=dev)
     if x.shape[0] == 0:
         return values, indices
-    cfg = K.sampling_config(x.shape[1], tiny_ok=False)
+    cfg = config or K.sampling_config(x.shape[1], tiny_ok=False)
     fargs = _filter_args(x, None, k, None, 1.0, None, 0.0, 1, 0, 0)
     _run_pass_resolve(x, None, fargs, True, K.OP_TOPK, True, cfg, values, indices, None, None, bracket=0,
-                      tie_large=int(tie_large))
+                      tie_large=int(tie_large), split=split)
     return values, indices
 
 
@@ -243,14 +244,14 @@ def _(x, k, tie_large):
     return x.new_empty((x.shape[0], k)), x.new_empty((x.shape[0], k), dtype=torch.int64)
 
 
-def _launch_softmax(logits, t_arr, t_val, t_mode):
+def _launch_softmax(logits, t_arr, t_val, t_mode, *, config=None, split=None):
     dev = logits.device
     batch, n = logits.shape
     out = torch.empty((batch, n), dtype=torch.float32, device=dev)
     if batch == 0:
         return out
-    cfg = K.sampling_config(n, tiny_ok=False)
-    split, chunk = _split(batch, n, dev, cfg)
+    cfg = config or K.sampling_config(n, tiny_ok=False)
+    split, chunk = _split(batch, n, dev, cfg, split)
     stats = torch.empty(batch * split * 2, dtype=torch.float32, device=dev)
     t = t_arr if t_arr is not None else _dummy(dev, torch.float32)
     grid = (_grid_rows(batch, cfg), split)
@@ -501,13 +502,18 @@ def sampling_from_probs(probs: torch.Tensor, indices: Optional[torch.Tensor] = N
                         generator: Optional[torch.Generator] = None, check_nan: bool = False,
                         seed: Optional[Union[int, torch.Tensor]] = None,
                         offset: Optional[Union[int, torch.Tensor]] = None, return_valid: bool = False):
-    """Categorical sampling from probabilities (inverse CDF, one uniform per output row).
+    """Categorical sampling from probabilities (inverse CDF in index order, one uniform per
+    output row).
+
+    As in FlashInfer, the uniform ``u`` is compared with the running sum of the row, so rows are
+    expected to sum to 1. A row summing to ``T < 1`` is still sampled in proportion to its
+    entries (a ``u`` beyond ``T`` is redrawn as ``(u - T) / (1 - T) * T``); a row summing to more
+    than 1 is sampled from its first unit of mass. Zero entries are never sampled.
 
     Parameters
     ----------
     probs: torch.Tensor
         shape: ``[unique_batch_size, vocab_size]``, float32 (float16/bfloat16 are converted).
-        Rows need not sum to 1; zero entries are never sampled.
     """ + _COMMON_DOC + """
     return_valid: bool
         Also return ``valid``, shape ``[batch_size]``, dtype bool: the row had positive mass.

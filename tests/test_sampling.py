@@ -11,11 +11,14 @@ import pytest
 import torch
 
 import flashinfer_triton.sampling as S
+from flashinfer_triton.kernels import sampling as K
 from tests.helpers import DEVICE, LOW_DTYPES, ON_GPU, assert_close_to_reference, gpu_or_cpu, requires_gpu
 from tests.reference import sampling as R
 
-# 1000: one program per row on the CPU tier; 3001: two programs per row (split path)
+# 1000: one program per row on the CPU tier; 3001: two programs per row (split path). Rows of at most
+# K.LARGE.sample entries are collected whole; ESTIMATE_VOCAB runs the bracket estimate (5 programs a row).
 VOCABS = gpu_or_cpu([1000, 3001], [3001, 128256])
+ESTIMATE_VOCAB = gpu_or_cpu(9001, 151936)
 BATCH = 4
 
 
@@ -138,22 +141,22 @@ def test_top_k(vocab, dtype, poisoned_allocations):
 
 def _sample_heavy_row(vocab, seed):
     """Logits whose 60 largest entries sit in the first segment of the bracket estimate's sample
-    while 1500 entries just below them sit outside the sample (vocab > 1024: 16 segments of 64 at
-    a stride of vocab // 16): the estimate puts t_lo among the 60, above the true top-k / top-p
+    while 1500 entries just below them sit outside the sample (16 segments of K.LARGE.sample / 16
+    at a stride of vocab // 16): the estimate puts t_lo among the 60, above the true top-k / top-p
     threshold, and the exact fallback over the whole row runs."""
     x = _randn((1, vocab), seed=seed, scale=0.1)
     x[0, :60] = 6.0 + _randn((60,), seed=seed + 1, scale=0.1)
-    stride = vocab // 16
-    outside = torch.tensor([i for i in range(vocab) if i % stride >= 64][:1500], device=DEVICE)
+    stride, seg = vocab // 16, K.LARGE.sample // 16
+    outside = torch.tensor([i for i in range(vocab) if i % stride >= seg][:1500], device=DEVICE)
     x[0, outside] = 4.0 + _randn((outside.numel(),), seed=seed + 2, scale=0.1)
     return x
 
 
-@pytest.mark.parametrize("vocab", [3001])
-def test_bracket_fallback_and_flat_rows(vocab, poisoned_allocations):
+def test_bracket_fallback_and_flat_rows(poisoned_allocations):
     """Rows for every resolve path: the bracket estimate misses (a sample richer in large entries
     than the row), a flat row whose kept set is too big to collect whole (a bracket), a row
     without a filter, and a plain row: filters and top_k exact, samplers on the inverse CDF."""
+    vocab = ESTIMATE_VOCAB
     logits = torch.cat([_sample_heavy_row(vocab, seed=7), _randn((1, vocab), seed=9, scale=0.01),
                         _randn((2, vocab), seed=10, scale=3)])
     probs = torch.softmax(logits, -1)
@@ -221,10 +224,10 @@ def _sampler_input(case, rows, vocab, seed):
     return x
 
 
-@pytest.mark.parametrize("vocab", VOCABS)
+@pytest.mark.parametrize("vocab", VOCABS + [ESTIMATE_VOCAB])
 @pytest.mark.parametrize("case", list(SAMPLERS))
 def test_sampling_inverse_cdf(case, vocab):
-    """Large rows (one or more programs per row, candidates or the streaming pick)."""
+    """Large rows: one or more programs per row, collected whole or bracketed by the estimate."""
     fn, kw = SAMPLERS[case]
     x = _sampler_input(case, BATCH, vocab, seed=11)
     if not kw.get("is_logits"):

@@ -8,8 +8,9 @@ FlashInfer). Finding ``s*`` and drawing from ``S`` takes two launches, whatever 
 1. ``sample_pass_kernel``, grid ``(row groups, SPLIT)``: SPLIT programs share a row, each streams
    one chunk once. Each first estimates a bracket ``[t_lo, t_hi)`` around ``s*`` from a fixed
    sample of the row (16 spread segments, the same for every program of the row, so every program
-   computes the same bracket): a grid of ``GRID`` pivots gives sample counts and weights above each,
-   and Poisson margins turn the sample's top-k rank / top-p mass into row bounds. While streaming
+   computes the same bracket): a histogram of the sample over log-weight bins gives the sample's
+   counts and weights above each bin edge, and Poisson margins turn the sample's top-k rank /
+   top-p mass into row bounds (rows that fit whole are collected whole). While streaming
    its chunk the program computes the row statistics (min/max key, max value, total weight with an
    online softmax for logits), the count and weight at or above ``t_lo`` and ``t_hi``, and writes
    the elements inside the bracket (key and index) to its own candidate region. Filters also write
@@ -76,8 +77,8 @@ _MIN = tl.standard._elementwise_min
 @dataclass(frozen=True)
 class SamplingConfig:
     """Constexpr shape of the sampling kernels. ``rows``: output rows per program; ``block``:
-    streaming width; ``cap``: candidates per row resolved in registers; ``sample``/``grid``: the
-    bracket estimate's sample size and pivot grid; ``pivots``: bisection pivots per step;
+    streaming width; ``cap``: candidates per row resolved in registers; ``sample``/``bins``: the
+    bracket estimate's sample size and histogram bins; ``pivots``: bisection pivots per step;
     ``split_max``: most programs per row; ``search_block``: tile width of the fallback bisection
     streamed over a row (a [rows, search_block, pivots] compare); ``warps``/``resolve_warps``: warps of the streaming
     kernels / of the resolve kernel; ``stages``: software pipelining of the streaming loops."""
@@ -87,7 +88,7 @@ class SamplingConfig:
     search_block: int
     cap: int
     sample: int
-    grid: int
+    bins: int
     pivots: int
     split_max: int
     warps: int
@@ -109,10 +110,12 @@ class SamplingConfig:
 # element, so it gets the tiny entry with 2048 rows a program (what makes the statistical tests of
 # the CPU tier affordable); no GPU launch picks it, so it is not an AOT configuration.
 TINY_VOCAB = 32
-TINY = SamplingConfig(rows=16, block=32, search_block=32, cap=32, sample=32, grid=16, pivots=8, split_max=1, warps=4,
+TINY = SamplingConfig(rows=16, block=32, search_block=32, cap=32, sample=32, bins=16, pivots=8, split_max=1, warps=4,
                       resolve_warps=4, stages=1)
 TINY_INTERPRETER = dataclasses.replace(TINY, rows=2048)
-LARGE = SamplingConfig(rows=1, block=2048, search_block=256, cap=4096, sample=1024, grid=64, pivots=8, split_max=16,
+# configs of several rows a program skip the bracket estimate: every row must fit whole
+assert TINY_VOCAB <= min(TINY.sample, TINY.cap)
+LARGE = SamplingConfig(rows=1, block=2048, search_block=256, cap=4096, sample=4096, bins=256, pivots=8, split_max=16,
                        warps=8, resolve_warps=8, stages=1)
 
 # Programs per compute unit that the split aims for (two keeps each SM busy while the other
@@ -133,12 +136,16 @@ def sampling_config(vocab_size: int, tiny_ok: bool = True, interpreter: bool = F
     return LARGE
 
 
-def split_for(batch: int, vocab_size: int, compute_units: int, cfg: SamplingConfig):
+def split_for(batch: int, vocab_size: int, compute_units: int, cfg: SamplingConfig, split=None):
     """(programs per row, chunk length): enough programs for ``PROGRAMS_PER_CU`` per compute
-    unit, at most ``cfg.split_max``, every chunk a whole number of blocks."""
-    groups = -(-batch // cfg.rows)
-    want = max(1, -(-PROGRAMS_PER_CU * compute_units // max(groups, 1)))
-    split = max(1, min(cfg.split_max, want, -(-vocab_size // cfg.block)))
+    unit, at most ``cfg.split_max``, every chunk a whole number of blocks; ``split`` overrides
+    the count (tuning)."""
+    if split is None:
+        groups = -(-batch // cfg.rows)
+        split = -(-PROGRAMS_PER_CU * compute_units // max(groups, 1))
+    elif not 1 <= split <= cfg.split_max:
+        raise ValueError(f"split: expected 1..{cfg.split_max} for this config, got {split}")
+    split = max(1, min(cfg.split_max, split, -(-vocab_size // cfg.block)))
     chunk = -(-(-(-vocab_size // split)) // cfg.block) * cfg.block
     return -(-vocab_size // chunk), chunk
 
@@ -350,88 +357,131 @@ def _pick_rows(p_xr, start, end, thr, m, target, run0, active, IS_LOGITS: tl.con
 
 
 @triton.jit
-def _grid_pick(b_vals, b_sel):
-    """Per row, the entry of b_vals [R, G] at column b_sel [R] (0 where b_sel is out of range)."""
-    o_g = tl.arange(0, b_vals.shape[1])
-    return tl.reduce(tl.where(o_g[None, :] == b_sel[:, None], b_vals, 0), 1, _SUM)
+def _at(b_vals, b_sel):
+    """b_vals[b_sel] for a 1-D block (0 where b_sel is out of range)."""
+    o = tl.arange(0, b_vals.shape[0])
+    return tl.reduce(tl.where(o == b_sel, b_vals, 0), 0, _SUM)
 
 
 @triton.jit
-def _estimate(p_xr, m_r, n, k, tp, mp, k_on, p_on, m_on, k_first, cap, bracket_ok,
-              IS_LOGITS: tl.constexpr, CLIP: tl.constexpr, SAMPLE: tl.constexpr, GRID: tl.constexpr):
-    """Bracket [t_lo, t_hi) (int64 keys) around the kept-set threshold s* of each row, from a
-    sample of 16 spread segments (the whole row when it has at most SAMPLE elements).
+def _rank_bounds(b_edge, b_cnt, r_lo, r_hi, BINS: tl.constexpr):
+    """(t_lo, t_hi) int64: the last bin edge with sample count at or above >= r_lo
+    (KEY_MIN when none) and the first with count < r_hi (KEY_MAX when none or r_hi < 1)."""
+    o = tl.arange(0, BINS)
+    g_lo = tl.reduce(tl.where(b_cnt >= r_lo, o, -1), 0, _MAX)
+    g_hi = tl.reduce(tl.where(b_cnt < r_hi, o, BINS), 0, _MIN)
+    t_lo = tl.where(g_lo >= 0, _at(b_edge, g_lo).to(tl.int64), _KEY_MIN)
+    t_hi = tl.where((g_hi < BINS) & (r_hi >= 1.0), _at(b_edge, g_hi).to(tl.int64), _KEY_MAX)
+    return t_lo, t_hi
 
-    A grid of GRID pivots, linear in log-weight (logit for logits, key for positive probs) over the
-    sample's top 24 octaves (the whole range for count-only ops: CLIP False), gives sample
-    counts above each pivot. Top-k: the sample rank of the
-    k-th largest is k * SAMPLE / n; top-p: the sample's own top-p set lies between two grid points.
-    Poisson margins (3 sqrt(r) + 3) on those ranks give t_lo (likely <= s*) and t_hi (likely > s*;
-    _KEY_MAX when none). With two filters t_hi is _KEY_MAX (everything >= t_lo is collected) and the
-    joint order also raises t_lo to the top-p bound. A bracket (t_hi < _KEY_MAX) is kept only where
-    everything >= t_lo would likely not fit in ``cap``. Rows without a filter get [_KEY_MAX, _KEY_MAX)."""
+
+@triton.jit
+def _sample_bracket(p_xr, n, k, tp, mp, k_on, p_on, m_on, k_first, cap, bracket_ok,
+                    IS_LOGITS: tl.constexpr, CLIP: tl.constexpr, SAMPLE: tl.constexpr, BINS: tl.constexpr):
+    """``_estimate`` for one row ([1] tensors) longer than the sample; works on scalars."""
+    k = tl.reduce(k, 0, _SUM)
+    tp = tl.reduce(tp, 0, _SUM)
+    mp = tl.reduce(mp, 0, _SUM)
+    k_on = tl.reduce(k_on.to(tl.int32), 0, _MAX) != 0
+    p_on = tl.reduce(p_on.to(tl.int32), 0, _MAX) != 0
+    m_on = tl.reduce(m_on.to(tl.int32), 0, _MAX) != 0
+    k_first = tl.reduce(k_first.to(tl.int32), 0, _MAX) != 0
+    bracket_ok = tl.reduce(bracket_ok.to(tl.int32), 0, _MAX) != 0
     SEG: tl.constexpr = SAMPLE // 16
     o_s = tl.arange(0, SAMPLE)
-    seg_stride = tl.where(n > SAMPLE, n // 16, SEG)
-    o = (o_s // SEG) * seg_stride + (o_s % SEG)
-    b_m = m_r[:, None] & (o < n)[None, :]
-    b_x = tl.load(p_xr + o[None, :], mask=b_m, other=0.0).to(tl.float32)
+    o = (o_s // SEG) * (n // 16) + (o_s % SEG)
+    b_m = o < n
+    b_x = tl.reshape(tl.load(p_xr + o[None, :], mask=b_m[None, :], other=0.0), [SAMPLE]).to(tl.float32)
     b_k = _key(b_x)
-    if IS_LOGITS:
+    if IS_LOGITS:  # grid coordinate linear in log-weight: the logit itself, or the key of a probability
         b_c = b_x
-        mx = tl.reduce(tl.where(b_m, b_x, float("-inf")), 1, _MAX)
-        b_w = tl.where(b_m, tl.exp(b_x - mx[:, None]), 0.0)
+        mx = tl.reduce(tl.where(b_m, b_x, float("-inf")), 0, _MAX)
+        b_w = tl.where(b_m, tl.exp(b_x - mx), 0.0)
         span = 16.6  # e^-16.6 = 2^-24
     else:
         b_c = b_k.to(tl.float32)
         b_w = tl.where(b_m, tl.maximum(b_x, 0.0), 0.0)
         span = 24.0 * 8388608.0  # 24 octaves of float32 keys
     b_pos = b_m & (b_w > 0.0)
-    cmax = tl.reduce(tl.where(b_pos, b_c, float("-inf")), 1, _MAX)
+    cmax = tl.reduce(tl.where(b_pos, b_c, float("-inf")), 0, _MAX)
     cmax = tl.where(cmax > float("-inf"), cmax, 0.0)
-    cmin = tl.reduce(tl.where(b_pos, b_c, float("inf")), 1, _MIN)
+    cmin = tl.reduce(tl.where(b_pos, b_c, float("inf")), 0, _MIN)
     if CLIP:
         cmin = tl.maximum(cmin, cmax - span)
     cmin = tl.minimum(cmin, cmax)
-    o_g = tl.arange(0, GRID)
-    b_gc = cmin[:, None] + (cmax - cmin)[:, None] * (o_g[None, :].to(tl.float32) / GRID)
+    step = tl.maximum((cmax - cmin) / BINS, 1e-30)
+    b_bin = tl.minimum(((b_c - cmin) / step).to(tl.int32), BINS - 1)
+    b_hist = tl.histogram(b_bin, BINS, mask=b_m & (b_c >= cmin))
+    o_g = tl.arange(0, BINS)
+    b_lo_c = cmin + o_g.to(tl.float32) * step  # lower bin edges
     if IS_LOGITS:
-        b_gk = _key(b_gc)
+        b_edge = _key(b_lo_c)
+        b_wmid = tl.exp(b_lo_c + 0.5 * step - mx)
     else:
-        b_gk = b_gc.to(tl.int32)
-    b_ge = (b_k[:, :, None] >= b_gk[:, None, :]) & b_m[:, :, None]
-    b_cnt = tl.reduce(b_ge.to(tl.float32), 1, _SUM)  # [R, GRID], non-increasing along the grid
-    b_wt = tl.reduce(tl.where(b_ge, b_w[:, :, None], 0.0), 1, _SUM)
-    f = n.to(tl.float32) / tl.minimum(n, SAMPLE).to(tl.float32)
-    exact = n <= SAMPLE
-    # sample ranks: top-k from k; top-p between the last grid point holding tp of the sample mass
-    # and the next one
+        b_edge = b_lo_c.to(tl.int32)
+        b_wmid = _value((b_lo_c + 0.5 * step).to(tl.int32))
+    # sample count at or above each edge: the top-k set's sample rank is k * SAMPLE / n
+    b_cnt = tl.associative_scan(b_hist, 0, _SUM, reverse=True).to(tl.float32)
+    f = n.to(tl.float32) / SAMPLE
     r_k = k.to(tl.float32) / f
-    w_s = tl.reduce(b_w, 1, _SUM)
-    g_p = tl.reduce(tl.where((b_wt >= (tp * w_s)[:, None]) & (b_wt > 0.0), o_g[None, :], 0), 1, _MAX)
-    r_p_lo = _grid_pick(b_cnt, g_p)
-    r_p_hi = _grid_pick(b_cnt, g_p + 1)
-    only_p = p_on & (k_on == 0)
-    r_lo = tl.where(only_p, r_p_lo, r_k)
-    r_hi = tl.where(only_p, r_p_hi, r_k)
-    r_lo = tl.where(exact, r_lo, r_lo + 3.0 * tl.sqrt(r_lo) + 3.0)
-    r_hi = tl.where(exact, r_hi, r_hi - 3.0 * tl.sqrt(r_hi) - 3.0)
-    r_j = tl.where(exact, r_p_lo, r_p_lo + 3.0 * tl.sqrt(r_p_lo) + 3.0)
-    g_lo = tl.reduce(tl.where(b_cnt >= r_lo[:, None], o_g[None, :], -1), 1, _MAX)
-    g_hi = tl.reduce(tl.where(b_cnt < r_hi[:, None], o_g[None, :], GRID), 1, _MIN)
-    g_j = tl.reduce(tl.where(b_cnt >= r_j[:, None], o_g[None, :], -1), 1, _MAX)
-    t_lo = tl.where(g_lo >= 0, _grid_pick(b_gk, g_lo).to(tl.int64), _KEY_MIN)
-    t_hi = tl.where((g_hi < GRID) & (r_hi >= 1.0), _grid_pick(b_gk, g_hi).to(tl.int64), _KEY_MAX)
-    joint = k_on & p_on & (k_first == 0) & (g_j >= 0)
-    t_lo = tl.where(joint, tl.maximum(t_lo, _grid_pick(b_gk, g_j).to(tl.int64)), t_lo)
+    t_lo, t_hi = _rank_bounds(b_edge, b_cnt, r_k + 3.0 * tl.sqrt(r_k) + 3.0, r_k - 3.0 * tl.sqrt(r_k) - 3.0, BINS)
+    if p_on & (k_on == 0):
+        b_hw = b_hist.to(tl.float32) * b_wmid
+        if IS_LOGITS:
+            # the sample's top-p set lies between two edges; rank margins as for top-k
+            b_wt = tl.associative_scan(b_hw, 0, _SUM, reverse=True)
+            g_p = tl.reduce(tl.where((b_wt >= tp * tl.reduce(b_hw, 0, _SUM)) & (b_wt > 0.0), o_g, 0), 0, _MAX)
+            r_lo = _at(b_cnt, g_p)
+            r_hi = _at(b_cnt, g_p + 1)
+            t_lo, t_hi = _rank_bounds(b_edge, b_cnt, r_lo + 3.0 * tl.sqrt(r_lo) + 3.0, r_hi - 3.0 * tl.sqrt(r_hi) - 3.0,
+                                      BINS)
+        else:
+            # rows sum to 1, so s* is where the mass below reaches 1 - top_p: the many light entries
+            # below it make the sample estimate it well; 3 standard errors (sum of sampled
+            # weights) and 3% (bin-centre weights) of margin on either side
+            b_below = (tl.associative_scan(b_hw, 0, _SUM) - b_hw) * f
+            b_se = tl.sqrt(tl.associative_scan(b_hw * b_wmid, 0, _SUM) - b_hw * b_wmid) * f
+            b_err = 3.0 * b_se + 0.03 * b_below
+            g_lo = tl.reduce(tl.where(b_below + b_err <= 1.0 - tp, o_g, 0), 0, _MAX)
+            g_hi = tl.reduce(tl.where(b_below - b_err > 1.0 - tp, o_g, BINS), 0, _MIN)
+            t_lo = _at(b_edge, g_lo).to(tl.int64)
+            t_hi = tl.where(g_hi < BINS, _at(b_edge, g_hi).to(tl.int64), _KEY_MAX)
+    # two filters: t_lo bounds the top-k threshold, hence s* (joint: the max; top_k_first: within
+    # the top-k set); everything above it is collected
     t_hi = tl.where(k_on & p_on, _KEY_MAX, t_hi)
     if not IS_LOGITS:  # min-p: s* = key(min_p * row max) >= key(min_p * sample max)
-        t_m = _key(mp * tl.reduce(tl.where(b_m, b_x, 0.0), 1, _MAX)).to(tl.int64)
+        t_m = _key(mp * tl.reduce(tl.where(b_m, b_x, 0.0), 0, _MAX)).to(tl.int64)
         t_lo = tl.where(m_on, tl.where(k_on | p_on, tl.maximum(t_lo, t_m), t_m), t_lo)
         t_hi = tl.where(m_on, _KEY_MAX, t_hi)
-    above = tl.reduce(tl.where(b_m & (b_k.to(tl.int64) >= t_lo[:, None]), 1.0, 0.0), 1, _SUM) * f
-    t_hi = tl.where(bracket_ok & (above > 0.5 * cap), t_hi, _KEY_MAX)
+    above = tl.reduce(tl.where(b_m & (b_k.to(tl.int64) >= t_lo), 1.0, 0.0), 0, _SUM) * f
+    one = tl.zeros([1], tl.int64)
+    return one + t_lo, one + tl.where(bracket_ok & (above > 0.5 * cap), t_hi, _KEY_MAX)
+
+
+@triton.jit
+def _estimate(p_xr, n, k, tp, mp, k_on, p_on, m_on, k_first, cap, bracket_ok,
+              IS_LOGITS: tl.constexpr, CLIP: tl.constexpr, SAMPLE: tl.constexpr, BINS: tl.constexpr):
+    """Bracket [t_lo, t_hi) (int64 keys per row) around the kept-set threshold s*: t_lo is a
+    likely lower bound of s*, t_hi a likely upper bound (KEY_MAX: none, collect everything
+    >= t_lo). Rows without a filter get the empty bracket [KEY_MAX, KEY_MAX); rows that fit whole
+    (at most SAMPLE and ``cap`` elements; always so for configs of more than one row a program)
+    collect everything.
+
+    Longer rows: a sample of 16 spread segments (SAMPLE elements) is histogrammed into BINS bins
+    linear in log-weight (the logit for logits, the float32 key of a probability) over its top 24
+    octaves (the whole range for count-only ops: CLIP False). From the counts (and bin-centre
+    weights) at or above each bin edge: the sample rank of the top-k set is k * SAMPLE / n; the
+    sample's top-p set lies between two edges. Poisson margins (3 sqrt(r) + 3) on those ranks
+    give t_lo and t_hi. With two filters t_hi is KEY_MAX (everything >= t_lo is collected) and
+    the joint order also raises t_lo to the top-p bound. A bracket (t_hi < KEY_MAX) is kept only
+    where everything >= t_lo would likely not fit in ``cap``."""
     on = k_on | p_on | m_on
+    t_lo = tl.full(k.shape, _KEY_MIN, tl.int64)
+    t_hi = tl.full(k.shape, _KEY_MAX, tl.int64)
+    if k.shape[0] == 1:
+        if (n > SAMPLE) | (n > cap):
+            t_lo, t_hi = _sample_bracket(p_xr, n, k, tp, mp, k_on, p_on, m_on, k_first, cap, bracket_ok,
+                                         IS_LOGITS, CLIP, SAMPLE, BINS)
     return tl.where(on, t_lo, _KEY_MAX), tl.where(on, t_hi, _KEY_MAX)
 
 
@@ -459,7 +509,7 @@ def sample_pass_kernel(
     stride_x, stride_o, n, batch, chunk, region, has_idx,
     top_k_val, top_p_val, min_p_val, mode_k, mode_p, mode_m, joint, spec_write, bracket,
     OP: tl.constexpr, IS_LOGITS: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, SAMPLE: tl.constexpr,
-    GRID: tl.constexpr, CAP: tl.constexpr, STAGES: tl.constexpr,
+    BINS: tl.constexpr, CAP: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Program (g, c): output rows g*ROWS.. of input rows ``indices[i]`` (or i), chunk c of the
     vocabulary. Writes the chunk partials (``_NUM_IPART`` ints, ``_NUM_FPART`` floats per row and
@@ -481,8 +531,8 @@ def sample_pass_kernel(
     k, tp, mp, k_on, p_on, m_on = _row_params(o_r, m_r, n, p_topk, p_topp, p_minp, top_k_val, top_p_val, min_p_val,
                                               mode_k, mode_p, mode_m)
     k_on, p_on, m_on = _op_filters(OP, IS_LOGITS, k_on, p_on, m_on)
-    t_lo, t_hi = _estimate(p_xr, m_r, n, k, tp, mp, k_on, p_on, m_on, k_on & p_on & ((o_r * 0 + joint) == 0), CAP,
-                           (o_r * 0 + bracket) != 0, IS_LOGITS or not NEED_W, NEED_W, SAMPLE, GRID)
+    t_lo, t_hi = _estimate(p_xr, n, k, tp, mp, k_on, p_on, m_on, k_on & p_on & ((o_r * 0 + joint) == 0), CAP,
+                           (o_r * 0 + bracket) != 0, IS_LOGITS or not NEED_W, NEED_W, SAMPLE, BINS)
     t_lo32 = t_lo.to(tl.int32)
     t_wr = tl.where(k_on, t_lo32, _KEY_MIN)  # mask: rows without a filter keep everything
     t_hi32 = t_hi.to(tl.int32)
@@ -703,26 +753,31 @@ def sample_resolve_kernel(
     b_w = tl.zeros([ROWS, CAP], tl.float32)
     if NEED_W:
         b_w = tl.where(b_v, _weight(_value(b_key), mx[:, None], IS_LOGITS), 0.0)
-    # ---- exact thresholds among the candidates (offsets: counts / weights at or above t_hi)
+    # ---- exact thresholds among the candidates (offsets: counts / weights at or above t_hi). A
+    # threshold is found there when the bracket holds it (c_hi < k <= c_lo; w_hi < target <= w_lo).
+    # Joint order: s* is the larger threshold, so one below t_lo needs no value when the other is found.
     hi0 = t_hi - 1
-    ok = fits
-    s_k = tl.full([ROWS], _KEY_MIN, tl.int64)
-    ok_k = (c_hi < kf) & (c_lo >= kf)
-    s_k = _search_block(b_key, b_w, b_v, tl.where(k_on, t_lo, s_k), hi0, kf - c_hi, kf * 0.0 - 1.0,
-                        k_on & ok & ok_k, True, PIVOTS)
-    ok = ok & ((k_on == 0) | ok_k)
+    joint = k_on & p_on & (k_first == 0)
+    k_in = (c_hi < kf) & (c_lo >= kf)
+    s_k = _search_block(b_key, b_w, b_v, t_lo, hi0, kf - c_hi, kf * 0.0 - 1.0, k_on & fits & k_in, True, PIVOTS)
     s_p = tl.full([ROWS], _KEY_MIN, tl.int64)
-    base = tl.full([ROWS], 1.0, tl.float32)
-    if IS_LOGITS:
-        base = tot
+    p_in = k_in & False
+    p_below = p_in
     if NEED_W:
+        base = tot if IS_LOGITS else tot * 0.0 + 1.0
         m_k = w_hi + tl.reduce(tl.where(b_v & (b_key.to(tl.int64) >= s_k[:, None]), b_w, 0.0), 1, _SUM)
         target = tp * tl.where(k_first, m_k, base)
-        pass_lo = tl.where(k_first, m_k > 0.0, (w_lo >= target) & (w_lo > 0.0))
-        ok_p = pass_lo & ((w_hi < target) | (w_hi <= 0.0))
+        pass_lo = tl.where(k_first, k_in & (m_k > 0.0), (w_lo >= target) & (w_lo > 0.0))
+        p_in = pass_lo & ((w_hi < target) | (w_hi <= 0.0))
+        p_below = pass_lo == 0
         s_p = _search_block(b_key, b_w, b_v, tl.where(k_first, s_k, t_lo), hi0, target - w_hi, -w_hi,
-                            p_on & ok & ok_p, False, PIVOTS)
-        ok = ok & ((p_on == 0) | ok_p)
+                            p_on & fits & p_in, False, PIVOTS)
+    k_below = c_lo < kf
+    ok_k = k_in | (joint & k_below & p_in)
+    ok_p = p_in | (joint & p_below & k_in)
+    s_k = tl.where(joint & k_below, _KEY_MIN, s_k)
+    s_p = tl.where(joint & p_below, _KEY_MIN, s_p)
+    ok = fits & ((k_on == 0) | ok_k) & ((p_on == 0) | ok_p)
     s_m = _key(mp * mx).to(tl.int64)
     ok = ok & ((m_on == 0) | ((s_m >= t_lo) & (s_m < t_hi)))
     thr = tl.full([ROWS], _KEY_MIN, tl.int64)
@@ -741,7 +796,7 @@ def sample_resolve_kernel(
         s_k = tl.where(need, s_kf, s_k)
         if NEED_W:
             m_kf = _mass_row(p_xr, n, s_k, mx, need & k_first, IS_LOGITS, BLOCK)
-            target = tp * tl.where(k_first, m_kf, base)
+            target = tp * tl.where(k_first, m_kf, tot if IS_LOGITS else tot * 0.0 + 1.0)
             s_pf = _search_row(p_xr, m_r, n, mx, tl.where(k_first, s_k, kmin), kmax, target, need & p_on, False,
                                IS_LOGITS, SEARCH_BLOCK, PIVOTS)
             s_p = tl.where(need, s_pf, s_p)
@@ -1040,7 +1095,7 @@ def _sig(kernel, **pointers):
 
 
 def pass_constexprs(cfg: SamplingConfig, op: int, is_logits: bool) -> dict:
-    return dict(OP=op, IS_LOGITS=is_logits, ROWS=cfg.rows, BLOCK=cfg.block, SAMPLE=cfg.sample, GRID=cfg.grid,
+    return dict(OP=op, IS_LOGITS=is_logits, ROWS=cfg.rows, BLOCK=cfg.block, SAMPLE=cfg.sample, BINS=cfg.bins,
                 CAP=cfg.cap, STAGES=cfg.stages)
 
 
@@ -1064,6 +1119,10 @@ def _variants(cfg: SamplingConfig):
     return samplers + filters, samplers + filters + [(OP_TOPK, dt, True) for dt in floats]
 
 
+def _kind(is_logits: bool) -> str:
+    return "logits" if is_logits else "probs"
+
+
 def aot_configs():
     import torch
 
@@ -1076,7 +1135,7 @@ def aot_configs():
             sig = _sig(sample_pass_kernel, p_x=ptr(dt), p_idx="*i32", p_topk="*i32", p_topp="*fp32", p_minp="*fp32",
                        p_out=out, p_pi="*i32", p_pf="*fp32", p_ck="*i32", p_ci="*i32")
             cfgs.append(AotConfig(sample_pass_kernel, sig, pass_constexprs(cfg, op, is_logits), num_warps=cfg.warps,
-                                  hip_num_warps=hw, name=f"sampling_pass_op{op}_{dt}_{cfg.name}"))
+                                  hip_num_warps=hw, name=f"sampling_pass_op{op}_{_kind(is_logits)}_{dt}_{cfg.name}"))
         for op, dt, is_logits in resolves:
             out, aux = {OP_SAMPLE: ("*i32", "*i1"), OP_TOPK: (ptr(dt), "*i64")}.get(op, (ptr(dt), "*i1"))
             sig = _sig(sample_resolve_kernel, p_x=ptr(dt), p_idx="*i32", p_topk="*i32", p_topp="*fp32",
@@ -1084,7 +1143,7 @@ def aot_configs():
                        p_state="*i32", p_u="*fp32", p_seed="*i64", p_off="*i64")
             cfgs.append(AotConfig(sample_resolve_kernel, sig, resolve_constexprs(cfg, op, is_logits),
                                   num_warps=cfg.resolve_warps, hip_num_warps=hip_warps(cfg.resolve_warps),
-                                  name=f"sampling_resolve_op{op}_{dt}_{cfg.name}"))
+                                  name=f"sampling_resolve_op{op}_{_kind(is_logits)}_{dt}_{cfg.name}"))
         sig = _sig(sample_direct_kernel, p_x="*fp32", p_idx="*i32", p_out="*i32", p_valid="*i1", p_u="*fp32",
                    p_seed="*i64", p_off="*i64")
         cfgs.append(AotConfig(sample_direct_kernel, sig, dict(ROWS=cfg.rows, BLOCK=cfg.block), num_warps=cfg.warps,
