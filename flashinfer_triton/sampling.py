@@ -117,14 +117,16 @@ def _workspace(batch, split, chunk, cfg, dev, need_w=True):
     return region, pi, pf, ck, ci
 
 
-def _run_pass_resolve(x, indices, fargs, joint, op, is_logits, cfg, out, aux, state, rng, stride_o=0,
+def _run_pass_resolve(x, indices, fargs, joint, op, is_logits, cfg, out, aux, rng, stride_o=0,
                       spec_write=0, bracket=1, tie_large=0, split=None):
     """Launch the pass kernel over (row groups, split) and the resolve kernel over row groups.
-    Returns the split (the filters' apply kernel runs when it is above 1)."""
+    Returns (split, chunk, state): the filters' apply kernel runs when split is above 1 and reads
+    the resolve state (``K.NUM_STATE`` ints a row; the last is the ``K.PATH_*`` the row took)."""
     dev = x.device
     batch = indices.shape[0] if indices is not None else x.shape[0]
     n = x.shape[1]
     split, chunk = _split(batch, n, dev, cfg, split)
+    state = torch.empty(batch * K.NUM_STATE, dtype=torch.int32, device=dev)
     region, pi, pf, ck, ci = _workspace(batch, split, chunk, cfg, dev, op in (K.OP_SAMPLE, K.OP_RENORM))
     idx = indices if indices is not None else _dummy(dev, torch.int32)
     groups = _grid_rows(batch, cfg)
@@ -139,25 +141,31 @@ def _run_pass_resolve(x, indices, fargs, joint, op, is_logits, cfg, out, aux, st
     r = _rng_args(rng, dev) if rng is not None else _rng_args((_dummy(dev, torch.float32)[None], None, 0, None, 0), dev)
     K.sample_resolve_kernel[(groups,)](
         x, idx, fargs["p_topk"], fargs["p_topp"], fargs["p_minp"], out, aux, pi, pf, ck, ci,
-        state if state is not None else _dummy(dev, torch.int32), r["p_u"], r["p_seed"], r["p_off"],
+        state, r["p_u"], r["p_seed"], r["p_off"],
         x.stride(0), stride_o, n, batch, chunk, region, split, int(indices is not None),
         fargs["top_k_val"], fargs["top_p_val"], fargs["min_p_val"], fargs["mode_k"], fargs["mode_p"],
         fargs["mode_m"], int(joint), int(split == 1), int(tie_large),
         r["u_stride"], r["seed_val"], r["off_val"], r["seed_stride"], r["off_stride"], r["rng_mode"],
         **K.resolve_constexprs(cfg, op, is_logits), num_warps=_warps(cfg.resolve_warps),
     )
-    return split, chunk
+    return split, chunk, state
+
+
+def _paths(state, batch):
+    """The ``K.PATH_*`` each row took, from a resolve state."""
+    return state.view(batch, K.NUM_STATE)[:, 3]
 
 
 def _launch_sample(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, mode_m, joint, is_logits,
-                   u, seed_arr, seed_val, off_arr, off_val, *, config=None, split=None):
-    """``config`` / ``split``: tuning overrides of the table (benchmarks/tune_sampling.py)."""
+                   u, seed_arr, seed_val, off_arr, off_val, *, config=None, split=None, with_paths=False):
+    """``config`` / ``split``: overrides of the table (benchmarks/tune_sampling.py, path tests);
+    ``with_paths``: also return the ``K.PATH_*`` of each row (int32 [batch])."""
     dev = x.device
     batch = indices.shape[0] if indices is not None else x.shape[0]
     samples = torch.empty(batch, dtype=torch.int32, device=dev)
     valid = torch.empty(batch, dtype=torch.bool, device=dev)
     if batch == 0:
-        return samples, valid
+        return (samples, valid, samples) if with_paths else (samples, valid)
     rng = (u, seed_arr, seed_val, off_arr, off_val)
     cfg = config or K.sampling_config(x.shape[1], interpreter=interpreter_active())
     plain = mode_k == 0 and mode_p == 0 and mode_m == 0
@@ -169,10 +177,11 @@ def _launch_sample(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_
             r["off_val"], r["seed_stride"], r["off_stride"], r["rng_mode"], ROWS=cfg.rows, BLOCK=cfg.block,
             num_warps=_warps(cfg.warps),
         )
-        return samples, valid
+        return (samples, valid, torch.zeros_like(samples)) if with_paths else (samples, valid)
     fargs = _filter_args(x, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, mode_m)
-    _run_pass_resolve(x, indices, fargs, joint, K.OP_SAMPLE, is_logits, cfg, samples, valid, None, rng, split=split)
-    return samples, valid
+    _, _, state = _run_pass_resolve(x, indices, fargs, joint, K.OP_SAMPLE, is_logits, cfg, samples, valid, rng,
+                                    split=split)
+    return (samples, valid, _paths(state, batch)) if with_paths else (samples, valid)
 
 
 @torch.library.custom_op("flashinfer_triton::sampling_sample", mutates_args=())
@@ -192,22 +201,23 @@ def _(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, mo
     return x.new_empty(batch, dtype=torch.int32), x.new_empty(batch, dtype=torch.bool)
 
 
-def _launch_filter(x, k_arr, k_val, p_arr, p_val, mode_k, mode_p, op, *, config=None, split=None):
+def _launch_filter(x, k_arr, k_val, p_arr, p_val, mode_k, mode_p, op, *, config=None, split=None,
+                   with_paths=False):
     dev = x.device
     out = torch.empty_like(x)
     if x.shape[0] == 0:
-        return out
+        return (out, out.new_empty(0, dtype=torch.int32)) if with_paths else out
     cfg = config or K.sampling_config(x.shape[1], tiny_ok=False)
     fargs = _filter_args(x, k_arr, k_val, p_arr, p_val, None, 0.0, mode_k, mode_p, 0)
-    state = torch.empty(x.shape[0] * 3, dtype=torch.int32, device=dev)
-    split, chunk = _run_pass_resolve(x, None, fargs, True, op, op == K.OP_MASK, cfg, out, _dummy(dev, torch.bool),
-                                     state, None, stride_o=out.stride(0), spec_write=1, split=split)
+    split, chunk, state = _run_pass_resolve(x, None, fargs, True, op, op == K.OP_MASK, cfg, out,
+                                            _dummy(dev, torch.bool), None, stride_o=out.stride(0), spec_write=1,
+                                            split=split)
     if split > 1:
         K.filter_apply_kernel[(_grid_rows(x.shape[0], cfg), split)](
             x, out, state, x.stride(0), out.stride(0), x.shape[1], x.shape[0], chunk, OP=op, ROWS=cfg.rows,
             BLOCK=cfg.block, num_warps=_warps(cfg.warps),
         )
-    return out
+    return (out, _paths(state, x.shape[0])) if with_paths else out
 
 
 @torch.library.custom_op("flashinfer_triton::sampling_filter", mutates_args=())
@@ -221,17 +231,17 @@ def _(x, k_arr, k_val, p_arr, p_val, mode_k, mode_p, op):
     return torch.empty_like(x)
 
 
-def _launch_top_k(x, k, tie_large, *, config=None, split=None):
+def _launch_top_k(x, k, tie_large, *, config=None, split=None, with_paths=False):
     dev = x.device
     values = torch.empty((x.shape[0], k), dtype=x.dtype, device=dev)
     indices = torch.empty((x.shape[0], k), dtype=torch.int64, device=dev)
     if x.shape[0] == 0:
-        return values, indices
+        return (values, indices, indices.new_empty(0, dtype=torch.int32)) if with_paths else (values, indices)
     cfg = config or K.sampling_config(x.shape[1], tiny_ok=False)
     fargs = _filter_args(x, None, k, None, 1.0, None, 0.0, 1, 0, 0)
-    _run_pass_resolve(x, None, fargs, True, K.OP_TOPK, True, cfg, values, indices, None, None, bracket=0,
-                      tie_large=int(tie_large), split=split)
-    return values, indices
+    _, _, state = _run_pass_resolve(x, None, fargs, True, K.OP_TOPK, True, cfg, values, indices, None, bracket=0,
+                                    tie_large=int(tie_large), split=split)
+    return (values, indices, _paths(state, x.shape[0])) if with_paths else (values, indices)
 
 
 @torch.library.custom_op("flashinfer_triton::top_k", mutates_args=())

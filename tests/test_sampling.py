@@ -5,6 +5,7 @@ probability; seed/offset reproducibility; CUDA-graph replay with new offsets.
 
 Every random input comes from a generator with the fixed seed named in the test (``_data``)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -123,8 +124,8 @@ def test_top_p_renorm_ties():
     torch.testing.assert_close(out[0], torch.tensor([1 / 3, 2 / 9, 2 / 9, 2 / 9, 0.0], device=DEVICE))
 
 
-@pytest.mark.parametrize("vocab", VOCABS)
-@pytest.mark.parametrize("dtype", LOW_DTYPES)
+@pytest.mark.parametrize("vocab,dtype", [(v, d) for v in VOCABS for d in LOW_DTYPES] if ON_GPU else
+                         [(VOCABS[0], torch.float32), (VOCABS[1], torch.float16)])
 def test_top_k(vocab, dtype, poisoned_allocations):
     x = _randn((BATCH, vocab), seed=6, scale=3).to(dtype)
     x[1] = x[1].round()  # many ties at the k-th value
@@ -139,42 +140,69 @@ def test_top_k(vocab, dtype, poisoned_allocations):
         assert torch.equal(torch.gather(x, 1, indices_s), values_s)
 
 
-def _sample_heavy_row(vocab, seed):
-    """Logits whose 60 largest entries sit in the first segment of the bracket estimate's sample
-    while 1500 entries just below them sit outside the sample (16 segments of K.LARGE.sample / 16
-    at a stride of vocab // 16): the estimate puts t_lo among the 60, above the true top-k / top-p
-    threshold, and the exact fallback over the whole row runs."""
-    x = _randn((1, vocab), seed=seed, scale=0.1)
-    x[0, :60] = 6.0 + _randn((60,), seed=seed + 1, scale=0.1)
-    stride, seg = vocab // 16, K.LARGE.sample // 16
-    outside = torch.tensor([i for i in range(vocab) if i % stride >= seg][:1500], device=DEVICE)
-    x[0, outside] = 4.0 + _randn((outside.numel(),), seed=seed + 2, scale=0.1)
-    return x
+# A small configuration (through the launchers' config= hook) makes the bracket estimate run at a
+# vocabulary the interpreter streams quickly, with a capacity these rows can overflow.
+PATH_CFG = dataclasses.replace(K.LARGE, block=128, search_block=128, cap=512, sample=256, bins=32, split_max=4)
+PATH_VOCAB = 1500
 
 
-def test_bracket_fallback_and_flat_rows(poisoned_allocations):
-    """Rows for every resolve path: the bracket estimate misses (a sample richer in large entries
-    than the row), a flat row whose kept set is too big to collect whole (a bracket), a row
-    without a filter, and a plain row: filters and top_k exact, samplers on the inverse CDF."""
-    vocab = ESTIMATE_VOCAB
-    logits = torch.cat([_sample_heavy_row(vocab, seed=7), _randn((1, vocab), seed=9, scale=0.01),
-                        _randn((2, vocab), seed=10, scale=3)])
+def _path_rows():
+    """Logits whose rows take the four resolve paths: (0) the bracket estimate misses, since the
+    20 largest entries sit in the sample's segments (16 of sample / 16 entries at a stride of
+    vocab // 16) and 300 entries just below them outside it; (1) a bracket (the kept set is too big
+    to collect whole); (2) no filter; (3) the kept set collected whole."""
+    v = PATH_VOCAB
+    stride, seg = v // 16, PATH_CFG.sample // 16
+    heavy = torch.tensor([i for i in range(v) if i % stride < seg][:20], device=DEVICE)
+    outside = torch.tensor([i for i in range(v) if i % stride >= seg][:300], device=DEVICE)
+    row0 = _randn((v,), seed=7, scale=0.1)
+    row0[heavy] = 6.0 + _randn((20,), seed=8, scale=0.1)
+    row0[outside] = 4.0 + _randn((300,), seed=9, scale=0.1)
+    logits = torch.stack([row0, _randn((v,), seed=10), _randn((v,), seed=11, scale=3), _randn((v,), seed=12, scale=3)])
+    k = torch.tensor([40, 200, v, 30], device=DEVICE, dtype=torch.int32)
+    p = torch.tensor([0.5, 0.9, 1.0, 0.7], device=DEVICE)
+    return logits, k, p
+
+
+@pytest.mark.parametrize("split", [1, 3])
+def test_resolve_paths(split, poisoned_allocations):
+    """Every resolve path (fallback, bracket, no filter, candidates; the row rewrite in the resolve
+    kernel with split 1 and in the apply kernel with split 3) against the references: filters and
+    top_k exact, samplers on the inverse CDF of their uniforms."""
+    logits, k, p = _path_rows()
     probs = torch.softmax(logits, -1)
-    k = torch.tensor([100, 2500, vocab, 30], device=DEVICE, dtype=torch.int32)
-    p = torch.tensor([0.5, 0.85, 1.0, 0.7], device=DEVICE)
-    assert torch.equal(S.top_k_mask_logits(logits, k).double(), R.top_k_mask_logits(logits, k))
-    out = S.top_k_renorm_probs(probs, k)
+    fb, br, none, cand = K.PATH_FALLBACK, K.PATH_BRACKET, K.PATH_NONE, K.PATH_CANDIDATES
+    kw = dict(config=PATH_CFG, split=split, with_paths=True)
+    out, paths = S._launch_filter(logits, k, 0, None, 1.0, 2, 0, K.OP_MASK, **kw)
+    assert paths.tolist() == [fb, br, none, cand]
+    assert torch.equal(out.double(), R.top_k_mask_logits(logits, k))
+    out, paths = S._launch_filter(probs, k, 0, None, 1.0, 2, 0, K.OP_RENORM, **kw)
+    assert paths.tolist() == [fb, br, none, cand]
     assert_close_to_reference(out, R.top_k_renorm_probs(probs, k), R.top_k_renorm_probs(probs, k).float(), "renorm k")
-    out = S.top_p_renorm_probs(probs, p)
+    out, paths = S._launch_filter(probs, None, 0, p, 0.0, 0, 2, K.OP_RENORM, **kw)
+    assert paths.tolist() == [fb, br, none, cand]
     ref = R.top_p_renorm_probs(probs, p)
     assert torch.equal(out > 0, ref > 0)
     assert_close_to_reference(out, ref, ref.float(), "renorm p")
-    values, indices = S.top_k(logits, 100)
-    assert torch.equal(indices, R.top_k_indices(logits, 100))
-    _check_inverse_cdf(S.top_p_sampling_from_probs(probs, p, generator=_gen(1)), 1, probs, dict(top_p=p))
-    _check_inverse_cdf(S.top_k_sampling_from_probs(probs, k, generator=_gen(2)), 2, probs, dict(top_k=k))
-    _check_inverse_cdf(S.top_k_top_p_sampling_from_probs(probs, k, p, generator=_gen(3)), 3, probs,
-                       dict(top_k=k, top_p=p))
+    values, indices, paths = S._launch_top_k(logits, 40, False, **kw)
+    assert paths.tolist() == [fb, cand, cand, cand]
+    assert torch.equal(indices, R.top_k_indices(logits, 40)) and torch.equal(values, torch.gather(logits, 1, indices))
+    if split > 1:  # the split samplers run in test_sampling_inverse_cdf (vocab 3001)
+        return
+    u = torch.rand((4, 1), generator=_gen(13), device=DEVICE)
+    for name, (k_arr, p_arr, mode_k, mode_p, joint, want) in {
+        "top_k": (k, None, 2, 0, False, [fb, br, none, cand]),
+        "top_p": (None, p, 0, 2, False, [fb, br, none, cand]),
+        "top_k_top_p": (k, p, 2, 2, False, [fb, cand, none, cand]),
+        "top_k_top_p_joint": (k, p, 2, 2, True, [fb, cand, none, cand]),
+    }.items():
+        samples, valid, paths = S._launch_sample(probs, None, k_arr, 0, p_arr, 1.0, None, 0.0, mode_k, mode_p, 0, joint,
+                                                 False, u, None, 0, None, 0, **kw)
+        assert paths.tolist() == want, name
+        ref = dict(top_k=k_arr, top_p=p_arr, joint=joint)
+        dist, keep = R.sampling_target(probs, **{a: b for a, b in ref.items() if b is not None and b is not False})
+        assert keep[torch.arange(4, device=DEVICE), samples.long()].all() and valid.all(), name
+        assert R.inverse_cdf_consistent(dist, u[:, 0], samples).all(), name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,8 +252,14 @@ def _sampler_input(case, rows, vocab, seed):
     return x
 
 
-@pytest.mark.parametrize("vocab", VOCABS + [ESTIMATE_VOCAB])
-@pytest.mark.parametrize("case", list(SAMPLERS))
+# every sampler with the row split over programs; the single-program and estimate paths for a subset
+INVERSE_CDF_CASES = [(VOCABS[1], c) for c in SAMPLERS] + [
+    (VOCABS[0], c) for c in ("probs", "logits", "top_p", "top_k_top_p")] + [
+    (ESTIMATE_VOCAB, c) for c in ("top_k", "top_p", "min_p", "top_k_top_p_joint", "logits_top_k_top_p")]
+
+
+@pytest.mark.parametrize("vocab,case", INVERSE_CDF_CASES if not ON_GPU else
+                         [(v, c) for v in VOCABS + [ESTIMATE_VOCAB] for c in SAMPLERS])
 def test_sampling_inverse_cdf(case, vocab):
     """Large rows: one or more programs per row, collected whole or bracketed by the estimate."""
     fn, kw = SAMPLERS[case]
@@ -335,9 +369,9 @@ def test_generator_and_seed_offset(vocab):
     probs = _probs(batch, vocab, seed=25)
     a = S.top_p_sampling_from_probs(probs, 0.95, generator=_gen(26))
     assert torch.equal(a, S.top_p_sampling_from_probs(probs, 0.95, generator=_gen(26)))
-    fns = [lambda **kw: S.sampling_from_probs(probs, **kw),
-           lambda **kw: S.top_k_top_p_sampling_from_logits(probs.log(), 5, 0.9, **kw)]
-    for fn in fns:
+    fns = [lambda **kw: S.top_k_top_p_sampling_from_logits(probs.log(), 5, 0.9, **kw),
+           lambda **kw: S.sampling_from_probs(probs, **kw)]
+    for fn in fns[:2 if vocab <= 32 else 1]:
         a = fn(seed=42, offset=7)
         assert torch.equal(a, fn(seed=42, offset=7))
         t = dict(dtype=torch.int64, device=DEVICE)
@@ -348,7 +382,7 @@ def test_generator_and_seed_offset(vocab):
             frac = (a == b).float().mean().item()
             assert frac < (0.7 if batch > 8 else 1.0), f"new offset/seed repeated {frac:.0%} of the samples"
     if batch > 8:  # rows draw independently of each other
-        s = fns[0](seed=1, offset=0)
+        s = fns[1](seed=1, offset=0)
         assert (s[1:] != s[:-1]).any()
 
 

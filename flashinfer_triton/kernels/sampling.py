@@ -53,6 +53,13 @@ OP_RENORM = 1  # top_k_renorm_probs (k criterion) or top_p_renorm_probs (p crite
 OP_MASK = 2  # top_k_mask_logits
 OP_TOPK = 3  # top_k selection: values and indices of the k largest
 
+# per-row path of the resolve kernel, recorded in its state (tests and benchmark diagnostics)
+PATH_NONE = 0  # no filter
+PATH_CANDIDATES = 1  # the kept set was collected whole: resolved and drawn / fixed up from the candidates
+PATH_BRACKET = 2  # the threshold was in the bracket; the kept set is streamed (pick pass / row rewrite)
+PATH_FALLBACK = 3  # the bracket missed or overflowed: the threshold was searched over the whole row
+NUM_STATE = 4  # resolve state per row: rewrite the row (filters), threshold, 1 / mass (bits), path
+
 NUM_IPART = 6  # int partials per (row, chunk): kmin, kmax, count >= t_lo, count >= t_hi, t_lo, t_hi
 NUM_FPART = 4  # float partials: max value, total weight, weight >= t_lo, weight >= t_hi (relative to the max)
 
@@ -64,6 +71,7 @@ _OP_RENORM = tl.constexpr(OP_RENORM)
 _OP_MASK = tl.constexpr(OP_MASK)
 _OP_TOPK = tl.constexpr(OP_TOPK)
 _NUM_IPART = tl.constexpr(NUM_IPART)
+_NUM_STATE = tl.constexpr(NUM_STATE)
 _NUM_FPART = tl.constexpr(NUM_FPART)
 
 # Reductions call tl.reduce / tl.associative_scan with Triton's own combine functions instead of
@@ -80,8 +88,9 @@ class SamplingConfig:
     streaming width; ``cap``: candidates per row resolved in registers; ``sample``/``bins``: the
     bracket estimate's sample size and histogram bins; ``pivots``: bisection pivots per step;
     ``split_max``: most programs per row; ``search_block``: tile width of the fallback bisection
-    streamed over a row (a [rows, search_block, pivots] compare); ``warps``/``resolve_warps``: warps of the streaming
-    kernels / of the resolve kernel; ``stages``: software pipelining of the streaming loops."""
+    streamed over a row (a [rows, search_block, pivots] compare); ``warps``/``resolve_warps``:
+    warps of the streaming kernels / of the resolve kernel; ``stages``: software pipelining of
+    the streaming loops."""
 
     rows: int
     block: int
@@ -479,7 +488,7 @@ def _estimate(p_xr, n, k, tp, mp, k_on, p_on, m_on, k_first, cap, bracket_ok,
     t_lo = tl.full(k.shape, _KEY_MIN, tl.int64)
     t_hi = tl.full(k.shape, _KEY_MAX, tl.int64)
     if k.shape[0] == 1:
-        if (n > SAMPLE) | (n > cap):
+        if ((n > SAMPLE) | (n > cap)) & (tl.reduce(on.to(tl.int32), 0, _MAX) > 0):
             t_lo, t_hi = _sample_bracket(p_xr, n, k, tp, mp, k_on, p_on, m_on, k_first, cap, bracket_ok,
                                          IS_LOGITS, CLIP, SAMPLE, BINS)
     return tl.where(on, t_lo, _KEY_MAX), tl.where(on, t_hi, _KEY_MAX)
@@ -516,7 +525,7 @@ def sample_pass_kernel(
     chunk), the bracket's candidates (key, index) into region (row, c) of ``region`` entries,
     and for the filters their speculative output (``spec_write``; mask: x where key >= t_lo,
     else -inf; renorm: 0). ``bracket`` 0 collects everything >= t_lo (top_k needs every kept
-    element). _OP_TOPK runs this kernel as _OP_MASK without the write. See the module docstring."""
+    element). OP_TOPK runs this kernel as OP_MASK without the write. See the module docstring."""
     NEED_W: tl.constexpr = OP == _OP_SAMPLE or OP == _OP_RENORM
     top_p_val = tl.cast(top_p_val, tl.float32)
     min_p_val = tl.cast(min_p_val, tl.float32)
@@ -681,10 +690,11 @@ def sample_resolve_kernel(
     SPLIT_BLOCK: tl.constexpr, PIVOTS: tl.constexpr, SEARCH_BLOCK: tl.constexpr,
 ):
     """One program per ROWS output rows: exact threshold s*, then (OP_SAMPLE) the sample into
-    ``p_out`` (int32) and its validity into ``p_aux`` (bool); (_OP_RENORM / _OP_MASK) the output
-    fix-up by scatter, or the whole row (``full_here``) or the apply kernel's state (``p_state``:
-    full, s*, 1 / mass per row); (_OP_TOPK) values into ``p_out`` and int64 indices into ``p_aux``,
-    rows of ``top_k_val``. See the module docstring."""
+    ``p_out`` (int32) and its validity into ``p_aux`` (bool); (OP_RENORM / OP_MASK) the output
+    fix-up by scatter, and the whole row (``full_here``) or the apply kernel's state; (OP_TOPK)
+    values into ``p_out`` and int64 indices into ``p_aux``, rows of ``top_k_val``. ``p_state``
+    (``NUM_STATE`` ints a row): rewrite the row, s*, 1 / mass (float bits), the ``PATH_*`` taken.
+    See the module docstring."""
     NEED_W: tl.constexpr = OP == _OP_SAMPLE or OP == _OP_RENORM
     top_p_val = tl.cast(top_p_val, tl.float32)
     min_p_val = tl.cast(min_p_val, tl.float32)
@@ -756,7 +766,7 @@ def sample_resolve_kernel(
     # ---- exact thresholds among the candidates (offsets: counts / weights at or above t_hi). A
     # threshold is found there when the bracket holds it (c_hi < k <= c_lo; w_hi < target <= w_lo).
     # Joint order: s* is the larger threshold, so one below t_lo needs no value when the other is found.
-    hi0 = t_hi - 1
+    hi0 = tl.minimum(t_hi - 1, kmax)
     joint = k_on & p_on & (k_first == 0)
     k_in = (c_hi < kf) & (c_lo >= kf)
     s_k = _search_block(b_key, b_w, b_v, t_lo, hi0, kf - c_hi, kf * 0.0 - 1.0, k_on & fits & k_in, True, PIVOTS)
@@ -789,6 +799,9 @@ def sample_resolve_kernel(
                     tot)
     # ---- fallback: the bisection streamed over whole rows (bracket missed or too many candidates)
     need = on & (fast == 0)
+    path = tl.where(on, tl.where(fast, tl.where(t_hi == _KEY_MAX, 1, 2), 3), 0)
+    p_s = p_state + o_r.to(tl.int64) * _NUM_STATE
+    tl.store(p_s + 3, path, mask=m_r)
     if OP == _OP_TOPK:
         need = need | (m_r & (k_on == 0))
     if tl.reduce(need.to(tl.int32), 0, _MAX) > 0:
@@ -853,7 +866,6 @@ def sample_resolve_kernel(
         if full_here:
             _write_rows(p_xr, p_or, o_r, 0, n, thr, inv, full, OP, ROWS, BLOCK)
         else:
-            p_s = p_state + o_r.to(tl.int64) * 3
             tl.store(p_s + 0, full.to(tl.int32), mask=m_r)
             tl.store(p_s + 1, thr.to(tl.int32), mask=m_r)
             tl.store(p_s + 2, inv.to(tl.int32, bitcast=True), mask=m_r)
@@ -883,7 +895,7 @@ def filter_apply_kernel(p_x, p_out, p_state, stride_x, stride_o, n, batch, chunk
     rewrite (state: full, s*, 1 / mass)."""
     o_r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     m_r = o_r < batch
-    p_s = p_state + o_r.to(tl.int64) * 3
+    p_s = p_state + o_r.to(tl.int64) * _NUM_STATE
     full = tl.load(p_s + 0, mask=m_r, other=0) != 0
     thr = tl.load(p_s + 1, mask=m_r, other=0).to(tl.int64)
     inv = tl.load(p_s + 2, mask=m_r, other=0).to(tl.float32, bitcast=True)
@@ -1164,7 +1176,7 @@ def aot_configs():
             cfgs.append(AotConfig(softmax_stats_kernel, sig, dict(ROWS=cfg.rows, BLOCK=cfg.block), num_warps=cfg.warps,
                                   hip_num_warps=hw, name=f"sampling_softmax_stats_{dt}_{cfg.name}"))
             sig = _sig(softmax_write_kernel, p_x=ptr(dt), p_out="*fp32", p_temp="*fp32", p_pf="*fp32")
-            cfgs.append(AotConfig(softmax_write_kernel, sig, dict(ROWS=cfg.rows, BLOCK=cfg.block,
-                                                                  SPLIT_BLOCK=cfg.split_max),
-                                  num_warps=cfg.warps, hip_num_warps=hw, name=f"sampling_softmax_write_{dt}_{cfg.name}"))
+            cfgs.append(AotConfig(softmax_write_kernel, sig,
+                                  dict(ROWS=cfg.rows, BLOCK=cfg.block, SPLIT_BLOCK=cfg.split_max), num_warps=cfg.warps,
+                                  hip_num_warps=hw, name=f"sampling_softmax_write_{dt}_{cfg.name}"))
     return cfgs
