@@ -9,9 +9,10 @@ converts bf16 logits to float32 itself. Kernel time comes from CUDA-graph replay
 flushed before each replay (harness.time_graph); our generator path includes its torch.rand
 launch. Bytes are the least an op must move: samplers read the input once, filters read it and
 write it once. Before timing, the filters and top_k are compared with FlashInfer's output (exact
-kept sets). Rows go to benchmarks/results/sampling.json; the markdown table (with the geometric
-mean speedup per op and the worst row) is printed and, when $OUT is set, written to
-$OUT/sampling.md.
+kept sets). Our rows also record which resolve path their rows took (kept set collected whole /
+bracket / exact fallback over the row: see kernels/sampling.py). Rows go to
+benchmarks/results/sampling.json; the markdown table (with the geometric mean speedup per op and
+the worst row) is printed and, when $OUT is set, written to $OUT/sampling.md.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import torch  # noqa: E402
 
 from harness import geomean, markdown_table, time_eager, time_graph, try_import_flashinfer, write_results  # noqa: E402
 
-import flashinfer_triton  # noqa: E402
 from flashinfer_triton import sampling as S  # noqa: E402
+from flashinfer_triton.kernels import sampling as K  # noqa: E402
 
 BATCHES = (1, 16, 64, 256, 512)
 VOCABS = (128256, 151936, 256000)
@@ -80,6 +81,41 @@ def ops(fi):
     return table
 
 
+def path_mix(name, data):
+    """Our resolve path per row as fractions 'candidates/bracket/fallback' (None for ops without
+    one), through the launchers' with_paths hook."""
+    probs, logits = data["probs"], data["logits"]
+    u = torch.rand((probs.shape[0], 1), device=probs.device)
+
+    def sample(x, k, p, is_logits, joint=False, min_p=0.0):
+        return S._launch_sample(x, None, None, k, None, p, None, min_p, int(k > 0), int(p < 1), int(min_p > 0), joint,
+                                is_logits, u, None, 0, None, 0, with_paths=True)[2]
+
+    def filt(x, k, p, op):
+        return S._launch_filter(x, None, k, None, p, int(k > 0), int(p < 1), op, with_paths=True)[1]
+
+    calls = {
+        "min_p_sampling(p=0.1)": lambda: sample(probs, 0, 1.0, False, min_p=0.1),
+        "top_k_top_p_sampling(50,0.9)": lambda: sample(probs, 50, 0.9, False),
+        "top_k_top_p_sampling(50,0.9,joint)": lambda: sample(probs, 50, 0.9, False, joint=True),
+        "top_k_top_p_from_logits(50,0.9)": lambda: sample(logits, 50, 0.9, True),
+        "top_k_top_p_from_logits(50,0.9,joint)": lambda: sample(logits, 50, 0.9, True, joint=True),
+        "top_k_renorm_probs(k=100)": lambda: filt(probs, 100, 1.0, K.OP_RENORM),
+        "top_p_renorm_probs(p=0.9)": lambda: filt(probs, 0, 0.9, K.OP_RENORM),
+        "top_k_mask_logits(k=100)": lambda: filt(logits, 100, 1.0, K.OP_MASK),
+        "top_k(k=256)": lambda: S._launch_top_k(logits, 256, False, with_paths=True)[2],
+    }
+    for k in (10, 100, 1000):
+        calls[f"top_k_sampling(k={k})"] = lambda k=k: sample(probs, k, 1.0, False)
+    for p in (0.5, 0.9):
+        calls[f"top_p_sampling(p={p})"] = lambda p=p: sample(probs, 0, p, False)
+    if name not in calls:
+        return None
+    paths = calls[name]()
+    return "/".join(f"{(paths == c).float().mean().item():.2f}" for c in (K.PATH_CANDIDATES, K.PATH_BRACKET,
+                                                                           K.PATH_FALLBACK))
+
+
 def nbytes(kind, batch, vocab):
     rw = 2 if kind.endswith("_rw") else 1
     return rw * batch * vocab * 4
@@ -124,8 +160,10 @@ def report(rows):
         if sp:
             o["speedup_vs_flashinfer"] = sp
             per_op.setdefault(key[0], []).append((sp, key[1], key[2]))
-        table.append([key[0], key[1], key[2], o["us"], o["tbps"], p["us"] if p else "-", f"{sp:.2f}x" if sp else "-"])
-    text = markdown_table(["op", "batch", "vocab", "ours us", "ours TB/s", "flashinfer us", "speedup"], table)
+        table.append([key[0], key[1], key[2], o["us"], o["tbps"], p["us"] if p else "-", f"{sp:.2f}x" if sp else "-",
+                      o.get("paths") or "-"])
+    text = markdown_table(["op", "batch", "vocab", "ours us", "ours TB/s", "flashinfer us", "speedup",
+                           "our rows: candidates/bracket/fallback"], table)
     if per_op:
         summary = []
         for op, v in per_op.items():
@@ -184,6 +222,8 @@ def main():
                     b = nbytes(kind, batch, vocab)
                     rows.append(dict(system=system, op=name, batch=batch, vocab=vocab, us=us,
                                      tbps=b / (us * 1e-6) / 1e12, bytes=b, timing=how))
+                    if system == "flashinfer_triton":
+                        rows[-1]["paths"] = path_mix(name, data)
                     print(f"  {system:18s} {name:38s} {batch:4d}x{vocab:<6d} {us:9.2f} us ({how})", flush=True)
             del logits, data
             torch.cuda.empty_cache()

@@ -51,7 +51,8 @@ def operations(probs, logits):
     f32 = torch.float32
 
     def u(b):
-        return torch.rand((b, 1), device="cuda", dtype=f32, generator=torch.Generator("cuda").manual_seed(1))
+        g = torch.Generator(probs.device).manual_seed(1)
+        return torch.rand((b, 1), device=probs.device, dtype=f32, generator=g)
 
     b = probs.shape[0]
     uu = u(b)
@@ -164,7 +165,8 @@ def main():
             scores.setdefault(c, []).append(default[(op, b)] / us)
     summary = {c: geomean(v) for c, v in scores.items()}
     gpu = re.sub(r"[^a-z0-9]+", "-", env["gpu"].lower()).strip("-")
-    payload = dict(environment=env, command=" ".join(["PYTHONPATH=. python3 benchmarks/tune_sampling.py"] + sys.argv[1:]),
+    command = " ".join(["PYTHONPATH=. python3 benchmarks/tune_sampling.py"] + sys.argv[1:])
+    payload = dict(environment=env, command=command,
                    large_default=dataclasses.asdict(K.LARGE), programs_per_cu=K.PROGRAMS_PER_CU, rows=rows,
                    best_per_shape=best, speedup_vs_default_geomean=summary, skipped_for_budget=skipped,
                    wall_s=time.time() - t0)

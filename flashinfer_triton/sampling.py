@@ -144,7 +144,7 @@ def _run_pass_resolve(x, indices, fargs, joint, op, is_logits, cfg, out, aux, rn
         state, r["p_u"], r["p_seed"], r["p_off"],
         x.stride(0), stride_o, n, batch, chunk, region, split, int(indices is not None),
         fargs["top_k_val"], fargs["top_p_val"], fargs["min_p_val"], fargs["mode_k"], fargs["mode_p"],
-        fargs["mode_m"], int(joint), int(split == 1), int(tie_large),
+        fargs["mode_m"], int(joint), int(split == 1 or op == K.OP_MASK), int(tie_large),
         r["u_stride"], r["seed_val"], r["off_val"], r["seed_stride"], r["off_stride"], r["rng_mode"],
         **K.resolve_constexprs(cfg, op, is_logits), num_warps=_warps(cfg.resolve_warps),
     )
@@ -212,7 +212,7 @@ def _launch_filter(x, k_arr, k_val, p_arr, p_val, mode_k, mode_p, op, *, config=
     split, chunk, state = _run_pass_resolve(x, None, fargs, True, op, op == K.OP_MASK, cfg, out,
                                             _dummy(dev, torch.bool), None, stride_o=out.stride(0), spec_write=1,
                                             split=split)
-    if split > 1:
+    if split > 1 and op == K.OP_RENORM:  # the mask rewrites a row only on the fallback, in the resolve kernel
         K.filter_apply_kernel[(_grid_rows(x.shape[0], cfg), split)](
             x, out, state, x.stride(0), out.stride(0), x.shape[1], x.shape[0], chunk, OP=op, ROWS=cfg.rows,
             BLOCK=cfg.block, num_warps=_warps(cfg.warps),

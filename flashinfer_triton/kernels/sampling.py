@@ -20,7 +20,8 @@ FlashInfer). Finding ``s*`` and drawing from ``S`` takes two launches, whatever 
    multi-pivot bisection on keys that snaps to element keys (the counts/weights above ``t_hi`` are
    offsets). Samplers then draw by inverse CDF from the candidates (or, when ``S`` reaches above
    ``t_hi``, by a streaming pick); filters fix up the candidates' outputs by scatter or rewrite
-   the row (``filter_apply_kernel`` splits that rewrite when SPLIT > 1).
+   the row (``filter_apply_kernel`` splits the renorm's rewrite when SPLIT > 1; the mask rewrites
+   a row only on the fallback, in the resolve kernel).
    When the bracket missed ``s*`` or held more than ``CAP`` candidates, the same program finds
    ``s*`` by the bisection streamed over the whole row (exact, slower, rare).
 
@@ -544,6 +545,7 @@ def sample_pass_kernel(
                            (o_r * 0 + bracket) != 0, IS_LOGITS or not NEED_W, NEED_W, SAMPLE, BINS)
     t_lo32 = t_lo.to(tl.int32)
     t_wr = tl.where(k_on, t_lo32, _KEY_MIN)  # mask: rows without a filter keep everything
+    t_fix = (k_on | p_on) & (t_hi == _KEY_MAX)  # renorm: rows that only need their candidates fixed up
     t_hi32 = t_hi.to(tl.int32)
     rg = o_r.to(tl.int64) * nsplit + pid_c  # this program's region / partials slot per row
     p_or = p_out + o_r[:, None].to(tl.int64) * stride_o
@@ -600,8 +602,8 @@ def sample_pass_kernel(
             if spec_write:
                 b_y = tl.where(b_k >= t_wr[:, None], b_raw, float("-inf"))
                 tl.store(p_or + o[None, :], b_y.to(p_out.dtype.element_ty), mask=b_mo)
-        if OP == _OP_RENORM:
-            tl.store(p_or + o[None, :], tl.zeros([ROWS, BLOCK], p_out.dtype.element_ty), mask=b_mo)
+        if OP == _OP_RENORM:  # zeros where the resolve only fixes up candidates; other rows get rewritten
+            tl.store(p_or + o[None, :], tl.zeros([ROWS, BLOCK], p_out.dtype.element_ty), mask=b_mo & t_fix[:, None])
     p_i = p_pi + rg * _NUM_IPART
     tl.store(p_i + 0, tl.reduce(b_kmin, 1, _MIN), mask=m_r)
     tl.store(p_i + 1, tl.reduce(b_kmax, 1, _MAX), mask=m_r)
@@ -1167,11 +1169,9 @@ def aot_configs():
         if cfg is TINY:
             continue
         for dt in (torch.float32, torch.float16, torch.bfloat16):
-            for op in (OP_RENORM, OP_MASK):
-                sig = _sig(filter_apply_kernel, p_x=ptr(dt), p_out=ptr(dt), p_state="*i32")
-                cfgs.append(AotConfig(filter_apply_kernel, sig, dict(OP=op, ROWS=cfg.rows, BLOCK=cfg.block),
-                                      num_warps=cfg.warps, hip_num_warps=hw,
-                                      name=f"sampling_apply_op{op}_{dt}_{cfg.name}"))
+            sig = _sig(filter_apply_kernel, p_x=ptr(dt), p_out=ptr(dt), p_state="*i32")
+            cfgs.append(AotConfig(filter_apply_kernel, sig, dict(OP=OP_RENORM, ROWS=cfg.rows, BLOCK=cfg.block),
+                                  num_warps=cfg.warps, hip_num_warps=hw, name=f"sampling_apply_renorm_{dt}_{cfg.name}"))
             sig = _sig(softmax_stats_kernel, p_x=ptr(dt), p_temp="*fp32", p_pf="*fp32")
             cfgs.append(AotConfig(softmax_stats_kernel, sig, dict(ROWS=cfg.rows, BLOCK=cfg.block), num_warps=cfg.warps,
                                   hip_num_warps=hw, name=f"sampling_softmax_stats_{dt}_{cfg.name}"))
