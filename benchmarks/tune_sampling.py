@@ -9,9 +9,10 @@ runtime choice. Each point runs through the launchers' ``config=`` / ``split=`` 
 monkeypatching) and is checked against the default configuration first (filters and top_k must
 agree exactly; samplers must return the same samples for the same uniforms), so a broken point
 fails the sweep instead of winning it; only Triton's out-of-resources errors are recorded and
-skipped. Results (GPU, versions, date on the file and every row) go to
-benchmarks/results/tune/sampling-<gpu>.json (and $OUT when set); the best point per (op, batch)
-and the best config over all shapes (geometric mean) are printed.
+skipped. Results (GPU, versions and date on every row and run) are appended to
+benchmarks/results/tune/sampling-<gpu>.json (copied to $OUT when set), so a sweep can run as
+several commands (one per group of axes); the best point per (op, batch) and each config's
+geometric-mean speedup over the default, over all rows so far, are printed and stored.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from flashinfer_triton import sampling as S  # noqa: E402
 from flashinfer_triton.kernels import sampling as K  # noqa: E402
 
 VOCAB = 128256
+DEVICE = "cuda"
 BATCHES = (1, 16, 64, 256, 512)
 SPLITS = (1, 2, 4, 8, 16)
 AXES = {
@@ -106,7 +108,7 @@ def main():
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         print("tune_sampling needs a GPU")
         return
     axes = [a for a in args.axes.split(",") if a]
@@ -115,10 +117,10 @@ def main():
         raise SystemExit(f"unknown axes {sorted(unknown)}; choose from {sorted(AXES)}")
     env = environment()
     t0 = time.time()
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
     shapes = {}
     for batch in map(int, args.batches.split(",")):
-        logits = torch.randn(batch, VOCAB, device="cuda", generator=gen) * 3
+        logits = torch.randn(batch, VOCAB, device=DEVICE, generator=gen) * 3
         shapes[batch] = operations(torch.softmax(logits, -1), logits)
     reference = {(b, name): fn(K.LARGE, None) for b, table in shapes.items() for name, fn in table.items()}
     rows, skipped = [], []
@@ -146,13 +148,21 @@ def main():
                     rows.append(dict(env, config=label, op=name, batch=batch, vocab=VOCAB, split=split, us=us,
                                      **dataclasses.asdict(cfg)))
                     print(f"{label:18s} {name:32s} batch {batch:4d} split {split:2d}: {us:9.1f} us", flush=True)
+    gpu = re.sub(r"[^a-z0-9]+", "-", env["gpu"].lower()).strip("-")
+    path = os.path.join(RESULTS_DIR, "tune", f"sampling-{gpu}.json")
+    command = " ".join(["PYTHONPATH=. python3 benchmarks/tune_sampling.py"] + sys.argv[1:])
+    runs = [dict(command=command, environment=env, wall_s=time.time() - t0, skipped_for_budget=skipped)]
+    if os.path.exists(path):  # runs append (e.g. one per group of axes); every row carries its environment
+        with open(path) as f:
+            old = json.load(f)
+        rows, runs = old["rows"] + rows, old["runs"] + runs
     best = {}
     for r in rows:
         if r["us"] is not None:
             key = f"{r['op']} @ {r['batch']}"
             if key not in best or r["us"] < best[key]["us"]:
                 best[key] = dict(config=r["config"], split=r["split"], us=r["us"])
-    # best config over every (op, batch) with the best split of each
+    # each config against the default over every (op, batch), both at their best split
     per_config = {}
     for r in rows:
         if r["us"] is not None:
@@ -164,14 +174,9 @@ def main():
         if (op, b) in default:
             scores.setdefault(c, []).append(default[(op, b)] / us)
     summary = {c: geomean(v) for c, v in scores.items()}
-    gpu = re.sub(r"[^a-z0-9]+", "-", env["gpu"].lower()).strip("-")
-    command = " ".join(["PYTHONPATH=. python3 benchmarks/tune_sampling.py"] + sys.argv[1:])
-    payload = dict(environment=env, command=command,
-                   large_default=dataclasses.asdict(K.LARGE), programs_per_cu=K.PROGRAMS_PER_CU, rows=rows,
-                   best_per_shape=best, speedup_vs_default_geomean=summary, skipped_for_budget=skipped,
-                   wall_s=time.time() - t0)
-    for d in [os.path.join(RESULTS_DIR, "tune")] + ([os.path.join(os.environ["OUT"], "tune")] if os.environ.get("OUT")
-                                                    else []):
+    payload = dict(runs=runs, large_default=dataclasses.asdict(K.LARGE), programs_per_cu=K.PROGRAMS_PER_CU, rows=rows,
+                   best_per_shape=best, speedup_vs_default_geomean=summary)
+    for d in [os.path.dirname(path)] + ([os.path.join(os.environ["OUT"], "tune")] if os.environ.get("OUT") else []):
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, f"sampling-{gpu}.json"), "w") as f:
             json.dump(payload, f, indent=1)
@@ -181,7 +186,7 @@ def main():
         print(f"config {c:18s} geomean speedup vs default {g:.3f}x")
     if skipped:
         print(f"[budget] skipped {skipped}")
-    print(f"wrote benchmarks/results/tune/sampling-{gpu}.json ({time.time() - t0:.0f} s)")
+    print(f"wrote {path} ({len(rows)} rows, {time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
