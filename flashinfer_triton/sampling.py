@@ -69,7 +69,7 @@ def _warps(n: int) -> int:
 
 
 def _split(batch: int, vocab: int, device: torch.device, cfg: K.SamplingConfig, split=None):
-    return K.split_for(batch, vocab, num_compute_units(device.index or 0), cfg, split)
+    return K.split_for(batch, vocab, num_compute_units(device), cfg, split)
 
 
 def _grid_rows(batch: int, cfg: K.SamplingConfig) -> int:
