@@ -178,6 +178,8 @@ def _launch_sample(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_
             num_warps=_warps(cfg.warps),
         )
         return (samples, valid, torch.zeros_like(samples)) if with_paths else (samples, valid)
+    if plain and split is None:
+        split = max(_split(batch, x.shape[1], dev, cfg)[0], min(K.PLAIN_LOGITS_MIN_SPLIT, cfg.split_max))
     fargs = _filter_args(x, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, mode_m)
     _, _, state = _run_pass_resolve(x, indices, fargs, joint, K.OP_SAMPLE, is_logits, cfg, samples, valid, rng,
                                     split=split)

@@ -131,6 +131,9 @@ LARGE = SamplingConfig(rows=1, block=2048, search_block=256, cap=4096, sample=40
 # Programs per compute unit that the split aims for (two keeps each SM busy while the other
 # program waits on memory); default, not yet measured.
 PROGRAMS_PER_CU = 2
+# Plain sampling from logits draws by rescanning the chunk where the running total passes u: at
+# least this many programs a row keep that rescan to 1/8 of a row; default, not yet measured.
+PLAIN_LOGITS_MIN_SPLIT = 8
 
 
 def hip_warps(num_warps: int) -> int:
