@@ -1,12 +1,13 @@
-"""Norm, RoPE, gated activation and sampling kernels side by side with FlashInfer (same process).
+"""Norm, RoPE and gated activation kernels side by side with FlashInfer (same process); sampling has
+its own benchmarks/bench_sampling.py.
 
     PYTHONPATH=. python3 benchmarks/bench_ops.py [--quick]
 
 Kernel time comes from CUDA-graph replay with the L2 flushed before each replay (eager timing when
 an op cannot be captured). Bandwidth counts the bytes each op must move at least (inputs read
-once, outputs written once) and is compared with the measured device copy ceiling. bf16 inputs
-(float32 probabilities for sampling). Rows go to benchmarks/results/ops.json; the markdown table
-is printed and, when $OUT is set, written to $OUT/ops.md.
+once, outputs written once) and is compared with the measured device copy ceiling. bf16 inputs.
+Rows go to benchmarks/results/ops.json; the markdown table is printed and, when $OUT is set,
+written to $OUT/ops.md.
 """
 
 from __future__ import annotations
@@ -130,28 +131,6 @@ def bench_silu(b, tokens_list, d=14336):
         del x, out
 
 
-def bench_sampling(b, batches, vocab=128256):
-    fi = b.fi
-    ours_k = getattr(flashinfer_triton, "top_k_sampling_from_probs", None)
-    ours_p = getattr(flashinfer_triton, "top_p_sampling_from_probs", None)
-    if ours_k is None and ours_p is None and fi is None:
-        print("  sampling: neither flashinfer_triton nor FlashInfer provides it; skipped")
-        return
-    for batch in batches:
-        logits = torch.randn(batch, vocab, dtype=torch.float32, device="cuda") * 3
-        probs = torch.softmax(logits, dim=-1)
-        nbytes = batch * vocab * 4 + batch * 4
-        for top_k in (10, 100, 1000):
-            b.run(f"top_k_sampling(k={top_k})", batch, vocab, nbytes,
-                  (lambda: ours_k(probs, top_k)) if ours_k else None,
-                  (lambda: fi.top_k_sampling_from_probs(probs, top_k)) if fi else None)
-        for top_p in (0.5, 0.9):
-            b.run(f"top_p_sampling(p={top_p})", batch, vocab, nbytes,
-                  (lambda: ours_p(probs, top_p)) if ours_p else None,
-                  (lambda: fi.top_p_sampling_from_probs(probs, top_p)) if fi else None)
-        del logits, probs
-
-
 def report(rows, ceiling):
     ours = {(r["op"], r["batch"], str(r["size"])): r for r in rows if r["system"] == "flashinfer_triton"}
     peer = {(r["op"], r["batch"], str(r["size"])): r for r in rows if r["system"] == "flashinfer"}
@@ -175,7 +154,7 @@ def report(rows, ceiling):
             f"{speedup:.2f}x" if speedup else "-",
         ])
     header = ["op", "batch", "size", "ours us", "ours TB/s", "ours % copy", "flashinfer us", "flashinfer TB/s", "speedup"]
-    text = f"Copy ceiling {ceiling:.2f} TB/s (bf16 inputs; float32 probs for sampling)\n\n" + markdown_table(header, table)
+    text = f"Copy ceiling {ceiling:.2f} TB/s (bf16 inputs)\n\n" + markdown_table(header, table)
     if speedups:
         text += "\n\n" + markdown_table(
             ["op", "geomean speedup vs FlashInfer", "rows"],
@@ -187,7 +166,7 @@ def report(rows, ceiling):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
-    parser.add_argument("--only", default="", help="comma-separated sections: norm,rope,silu,sampling")
+    parser.add_argument("--only", default="", help="comma-separated sections: norm,rope,silu")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_ops needs a GPU")
@@ -202,7 +181,6 @@ def main():
         ("norm", lambda: bench_norm(b, [1, 19, 99, 989, 4096], [4096, 8192])),
         ("rope", lambda: bench_rope(b, [1, 16, 128, 1024, 8192, 65536] if not args.quick else [1, 1024, 65536])),
         ("silu", lambda: bench_silu(b, [1, 16, 128, 1024, 4096, 16384] if not args.quick else [1, 1024, 16384])),
-        ("sampling", lambda: bench_sampling(b, [1, 16, 64, 256, 512] if not args.quick else [1, 512])),
     ]
     if args.only:
         wanted = set(args.only.split(","))

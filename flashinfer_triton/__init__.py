@@ -96,3 +96,6 @@ from .sampling import (  # noqa: F401
     top_p_sampling_from_probs,
 )
 from . import sampling  # noqa: F401,E402
+
+# top-k selection (FlashInfer's flashinfer.top_k and flashinfer.TopKTieBreak)
+from .sampling import TopKTieBreak, top_k  # noqa: F401,E402

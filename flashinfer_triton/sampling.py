@@ -1,18 +1,20 @@
-"""FlashInfer's sampling API (``flashinfer.sampling``) on Triton kernels.
+"""FlashInfer's sampling API (``flashinfer.sampling``) and ``top_k`` selection on Triton kernels.
 
-Every operator works on one row per program and streams the vocabulary (up to 256k and more) in
-blocks; there is no sort anywhere. The samplers are rejection samplers with two pivots (FlashInfer's
-scheme): inverse-CDF draws from a shrinking candidate set, each checked for membership of the
-top-k / top-p / min-p set with one counting pass (see ``kernels/sampling.py``). The renorm and mask
-filters find exact thresholds (order statistics) by a multi-pivot bisection on the value. The kept
-set of every filter is ``{x >= threshold}``: ties at the threshold are all kept, as in FlashInfer.
+Every filter keeps ``{x >= threshold}`` for one threshold (ties at it are all kept, as in
+FlashInfer); there is no sort. Samplers, the renorm/mask filters and ``top_k`` share one
+machinery (``kernels/sampling.py``): a streaming pass, split over several programs per row when
+the batch is small, collects the elements of a bracket estimated from a sample of the row; a
+resolve kernel finds the exact threshold among them and draws the sample (or fixes up the
+filtered row). The common case reads the input once (filters also write it once); an exact
+bisection over the whole row is the fallback when the bracket misses.
 
-Randomness: two uniforms per output row (the first draw, and the seed of later rounds' Philox
-draws) come from ``torch.rand(..., generator=generator)`` on the device
-(no host sync), so the same generator state gives the same samples. With explicit ``seed`` and
-``offset`` (ints or int64 tensors of length 1 or batch_size, the CUDA-graph friendly form), they
-come from a Philox kernel instead. The exact random streams differ from FlashInfer's, the
-distributions do not. All kernels are deterministic (no atomics), whatever ``deterministic`` says.
+Randomness: one uniform per output row, from ``torch.rand(..., generator=generator)`` on the
+device (no host sync; under CUDA-graph capture torch advances the generator on every replay),
+or, with explicit ``seed`` and ``offset`` (ints, or int64 tensors of length 1 or batch_size),
+from Philox in the kernel at counter (offset, row): with tensors the kernel reads them from
+device memory, so a captured graph replays with whatever the tensors hold. The exact random
+streams differ from FlashInfer's, the distributions do not. All kernels are deterministic (no
+atomics; fixed reduction orders), whatever ``deterministic`` says.
 
 Under ``torch.compile`` every hot path goes through a ``torch.library`` custom op (registered
 below, with a fake implementation); eager calls go straight to the launchers.
@@ -20,12 +22,13 @@ below, with a fake implementation); eager calls go straight to the launchers.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from numbers import Integral, Real
 from typing import Optional, Tuple, Union
 
 import torch
 
-from ._utils import check_tensor, interpreter_active
+from ._utils import check_tensor, interpreter_active, num_compute_units
 from .kernels import sampling as K
 
 __all__ = [
@@ -43,6 +46,8 @@ __all__ = [
     "top_p_renorm_prob",
     "top_k_mask_logits",
     "chain_speculative_sampling",
+    "top_k",
+    "TopKTieBreak",
 ]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -59,85 +64,214 @@ def _dummy(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return t
 
 
+def _warps(n: int) -> int:
+    return K.hip_warps(n) if _IS_HIP else n
+
+
+def _split(batch: int, vocab: int, device: torch.device, cfg: K.SamplingConfig, split=None):
+    return K.split_for(batch, vocab, num_compute_units(device), cfg, split)
+
+
+def _grid_rows(batch: int, cfg: K.SamplingConfig) -> int:
+    return -(-batch // cfg.rows)
+
+
 # ---------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------
 
 
-def _launch_sample(x, uniforms, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, k_mode, p_mode, m_mode,
-                   joint, is_logits):
+def _rng_args(rng, device):
+    """Kernel arguments of the random source: (u [batch, per_row] float32) or (seed_arr,
+    seed_val, off_arr, off_val) with arrays of length 1 or batch_size."""
+    u, seed_arr, seed_val, off_arr, off_val = rng
+    i64 = _dummy(device, torch.int64)
+    if u is not None:
+        return dict(p_u=u, u_stride=u.shape[1], p_seed=i64, p_off=i64, seed_val=0, off_val=0, seed_stride=-1,
+                    off_stride=-1, rng_mode=0)
+
+    def stride(a):
+        return -1 if a is None else (0 if a.shape[0] == 1 else 1)
+
+    return dict(p_u=_dummy(device, torch.float32), u_stride=0, p_seed=seed_arr if seed_arr is not None else i64,
+                p_off=off_arr if off_arr is not None else i64, seed_val=seed_val, off_val=off_val,
+                seed_stride=stride(seed_arr), off_stride=stride(off_arr), rng_mode=1)
+
+
+def _filter_args(x, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, mode_m):
+    dev = x.device
+    return dict(p_topk=k_arr if k_arr is not None else _dummy(dev, torch.int32),
+                p_topp=p_arr if p_arr is not None else _dummy(dev, torch.float32),
+                p_minp=mp_arr if mp_arr is not None else _dummy(dev, torch.float32),
+                top_k_val=int(k_val), top_p_val=float(p_val), min_p_val=float(mp_val), mode_k=mode_k, mode_p=mode_p,
+                mode_m=mode_m)
+
+
+def _workspace(batch, split, chunk, cfg, dev, need_w=True):
+    region = min(cfg.cap, chunk)
+    pi = torch.empty(batch * split * K.NUM_IPART, dtype=torch.int32, device=dev)
+    pf = (torch.empty(batch * split * K.NUM_FPART, dtype=torch.float32, device=dev) if need_w
+          else _dummy(dev, torch.float32))
+    ck = torch.empty(batch * split * region, dtype=torch.int32, device=dev)
+    ci = torch.empty(batch * split * region, dtype=torch.int32, device=dev)
+    return region, pi, pf, ck, ci
+
+
+def _run_pass_resolve(x, indices, fargs, joint, op, is_logits, cfg, out, aux, rng, stride_o=0,
+                      spec_write=0, bracket=1, tie_large=0, split=None):
+    """Launch the pass kernel over (row groups, split) and the resolve kernel over row groups.
+    Returns (split, chunk, state): the filters' apply kernel runs when split is above 1 and reads
+    the resolve state (``K.NUM_STATE`` ints a row; the last is the ``K.PATH_*`` the row took)."""
     dev = x.device
     batch = indices.shape[0] if indices is not None else x.shape[0]
-    out_dtype = indices.dtype if indices is not None else torch.int32
-    samples = torch.empty(batch, dtype=out_dtype, device=dev)
+    n = x.shape[1]
+    split, chunk = _split(batch, n, dev, cfg, split)
+    state = torch.empty(batch * K.NUM_STATE, dtype=torch.int32, device=dev)
+    region, pi, pf, ck, ci = _workspace(batch, split, chunk, cfg, dev, op in (K.OP_SAMPLE, K.OP_RENORM))
+    idx = indices if indices is not None else _dummy(dev, torch.int32)
+    groups = _grid_rows(batch, cfg)
+    pass_op = K.OP_MASK if op == K.OP_TOPK else op
+    K.sample_pass_kernel[(groups, split)](
+        x, idx, fargs["p_topk"], fargs["p_topp"], fargs["p_minp"], out if spec_write else _dummy(dev, out.dtype),
+        pi, pf, ck, ci, x.stride(0), stride_o, n, batch, chunk, region, int(indices is not None),
+        fargs["top_k_val"], fargs["top_p_val"], fargs["min_p_val"], fargs["mode_k"], fargs["mode_p"],
+        fargs["mode_m"], int(joint), int(spec_write), int(bracket),
+        **K.pass_constexprs(cfg, pass_op, is_logits), num_warps=_warps(cfg.warps),
+    )
+    r = _rng_args(rng, dev) if rng is not None else _rng_args((_dummy(dev, torch.float32)[None], None, 0, None, 0), dev)
+    K.sample_resolve_kernel[(groups,)](
+        x, idx, fargs["p_topk"], fargs["p_topp"], fargs["p_minp"], out, aux, pi, pf, ck, ci,
+        state, r["p_u"], r["p_seed"], r["p_off"],
+        x.stride(0), stride_o, n, batch, chunk, region, split, int(indices is not None),
+        fargs["top_k_val"], fargs["top_p_val"], fargs["min_p_val"], fargs["mode_k"], fargs["mode_p"],
+        fargs["mode_m"], int(joint), int(split == 1 or op == K.OP_MASK), int(tie_large),
+        r["u_stride"], r["seed_val"], r["off_val"], r["seed_stride"], r["off_stride"], r["rng_mode"],
+        **K.resolve_constexprs(cfg, op, is_logits), num_warps=_warps(cfg.resolve_warps),
+    )
+    return split, chunk, state
+
+
+def _paths(state, batch):
+    """The ``K.PATH_*`` each row took, from a resolve state."""
+    return state.view(batch, K.NUM_STATE)[:, 3]
+
+
+def _launch_sample(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, mode_m, joint, is_logits,
+                   u, seed_arr, seed_val, off_arr, off_val, *, config=None, split=None, with_paths=False):
+    """``config`` / ``split``: overrides of the table (benchmarks/tune_sampling.py, path tests);
+    ``with_paths``: also return the ``K.PATH_*`` of each row (int32 [batch])."""
+    dev = x.device
+    batch = indices.shape[0] if indices is not None else x.shape[0]
+    samples = torch.empty(batch, dtype=torch.int32, device=dev)
     valid = torch.empty(batch, dtype=torch.bool, device=dev)
     if batch == 0:
-        return samples, valid
-    block, sblock, piv, warps = K.sampling_config(x.shape[1], _IS_HIP)
-    K.sample_kernel[(batch,)](
-        x, indices if indices is not None else _dummy(dev, torch.int32),
-        k_arr if k_arr is not None else _dummy(dev, torch.int32),
-        p_arr if p_arr is not None else _dummy(dev, torch.float32),
-        mp_arr if mp_arr is not None else _dummy(dev, torch.float32),
-        uniforms, samples, valid,
-        x.stride(0), x.shape[1], int(k_val), float(p_val), float(mp_val), k_mode, p_mode, m_mode, int(joint),
-        HAS_INDICES=indices is not None, IS_LOGITS=is_logits, BLOCK=block, SEARCH_BLOCK=sblock, PIVOTS=piv,
-        num_warps=warps,
-    )
-    return samples, valid
+        return (samples, valid, samples) if with_paths else (samples, valid)
+    rng = (u, seed_arr, seed_val, off_arr, off_val)
+    cfg = config or K.sampling_config(x.shape[1], interpreter=interpreter_active())
+    plain = mode_k == 0 and mode_p == 0 and mode_m == 0
+    if plain and not is_logits and _split(batch, x.shape[1], dev, cfg, split)[0] == 1:
+        r = _rng_args(rng, dev)
+        K.sample_direct_kernel[(_grid_rows(batch, cfg),)](
+            x, indices if indices is not None else _dummy(dev, torch.int32), samples, valid, r["p_u"], r["p_seed"],
+            r["p_off"], x.stride(0), x.shape[1], batch, int(indices is not None), r["u_stride"], r["seed_val"],
+            r["off_val"], r["seed_stride"], r["off_stride"], r["rng_mode"], ROWS=cfg.rows, BLOCK=cfg.block,
+            num_warps=_warps(cfg.warps),
+        )
+        return (samples, valid, torch.zeros_like(samples)) if with_paths else (samples, valid)
+    if plain and split is None:
+        split = max(_split(batch, x.shape[1], dev, cfg)[0], min(K.PLAIN_LOGITS_MIN_SPLIT, cfg.split_max))
+    fargs = _filter_args(x, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, mode_m)
+    _, _, state = _run_pass_resolve(x, indices, fargs, joint, K.OP_SAMPLE, is_logits, cfg, samples, valid, rng,
+                                    split=split)
+    return (samples, valid, _paths(state, batch)) if with_paths else (samples, valid)
 
 
 @torch.library.custom_op("flashinfer_triton::sampling_sample", mutates_args=())
-def _sample_op(x: torch.Tensor, uniforms: torch.Tensor, indices: Optional[torch.Tensor],
-               k_arr: Optional[torch.Tensor], k_val: int, p_arr: Optional[torch.Tensor], p_val: float,
-               mp_arr: Optional[torch.Tensor], mp_val: float, k_mode: int, p_mode: int, m_mode: int, joint: bool,
-               is_logits: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _launch_sample(x, uniforms, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, k_mode, p_mode,
-                          m_mode, joint, is_logits)
+def _sample_op(x: torch.Tensor, indices: Optional[torch.Tensor], k_arr: Optional[torch.Tensor], k_val: int,
+               p_arr: Optional[torch.Tensor], p_val: float, mp_arr: Optional[torch.Tensor], mp_val: float,
+               mode_k: int, mode_p: int, mode_m: int, joint: bool, is_logits: bool, u: Optional[torch.Tensor],
+               seed_arr: Optional[torch.Tensor], seed_val: int, off_arr: Optional[torch.Tensor],
+               off_val: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _launch_sample(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, mode_m, joint,
+                          is_logits, u, seed_arr, seed_val, off_arr, off_val)
 
 
 @_sample_op.register_fake
-def _(x, uniforms, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, k_mode, p_mode, m_mode, joint, is_logits):
+def _(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, mode_m, joint, is_logits, u, seed_arr,
+      seed_val, off_arr, off_val):
     batch = indices.shape[0] if indices is not None else x.shape[0]
-    out_dtype = indices.dtype if indices is not None else torch.int32
-    return x.new_empty(batch, dtype=out_dtype), x.new_empty(batch, dtype=torch.bool)
+    return x.new_empty(batch, dtype=torch.int32), x.new_empty(batch, dtype=torch.bool)
 
 
-def _launch_filter(x, k_arr, k_val, p_arr, p_val, k_mode, p_mode, mode):
+def _launch_filter(x, k_arr, k_val, p_arr, p_val, mode_k, mode_p, op, *, config=None, split=None,
+                   with_paths=False):
     dev = x.device
     out = torch.empty_like(x)
     if x.shape[0] == 0:
-        return out
-    block, sblock, piv, warps = K.sampling_config(x.shape[1], _IS_HIP)
-    K.filter_kernel[(x.shape[0],)](
-        x, out, k_arr if k_arr is not None else _dummy(dev, torch.int32),
-        p_arr if p_arr is not None else _dummy(dev, torch.float32),
-        x.stride(0), out.stride(0), x.shape[1], int(k_val), float(p_val), k_mode, p_mode,
-        MODE=mode, BLOCK=block, SEARCH_BLOCK=sblock, PIVOTS=piv, num_warps=warps,
-    )
-    return out
+        return (out, out.new_empty(0, dtype=torch.int32)) if with_paths else out
+    cfg = config or K.sampling_config(x.shape[1], tiny_ok=False)
+    fargs = _filter_args(x, k_arr, k_val, p_arr, p_val, None, 0.0, mode_k, mode_p, 0)
+    split, chunk, state = _run_pass_resolve(x, None, fargs, True, op, op == K.OP_MASK, cfg, out,
+                                            _dummy(dev, torch.bool), None, stride_o=out.stride(0), spec_write=1,
+                                            split=split)
+    if split > 1 and op == K.OP_RENORM:  # the mask rewrites a row only on the fallback, in the resolve kernel
+        K.filter_apply_kernel[(_grid_rows(x.shape[0], cfg), split)](
+            x, out, state, x.stride(0), out.stride(0), x.shape[1], x.shape[0], chunk, OP=op, ROWS=cfg.rows,
+            BLOCK=cfg.block, num_warps=_warps(cfg.warps),
+        )
+    return (out, _paths(state, x.shape[0])) if with_paths else out
 
 
 @torch.library.custom_op("flashinfer_triton::sampling_filter", mutates_args=())
 def _filter_op(x: torch.Tensor, k_arr: Optional[torch.Tensor], k_val: int, p_arr: Optional[torch.Tensor],
-               p_val: float, k_mode: int, p_mode: int, mode: int) -> torch.Tensor:
-    return _launch_filter(x, k_arr, k_val, p_arr, p_val, k_mode, p_mode, mode)
+               p_val: float, mode_k: int, mode_p: int, op: int) -> torch.Tensor:
+    return _launch_filter(x, k_arr, k_val, p_arr, p_val, mode_k, mode_p, op)
 
 
 @_filter_op.register_fake
-def _(x, k_arr, k_val, p_arr, p_val, k_mode, p_mode, mode):
+def _(x, k_arr, k_val, p_arr, p_val, mode_k, mode_p, op):
     return torch.empty_like(x)
 
 
-def _launch_softmax(logits, t_arr, t_val, t_mode):
-    out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-    if logits.shape[0] == 0:
+def _launch_top_k(x, k, tie_large, *, config=None, split=None, with_paths=False):
+    dev = x.device
+    values = torch.empty((x.shape[0], k), dtype=x.dtype, device=dev)
+    indices = torch.empty((x.shape[0], k), dtype=torch.int64, device=dev)
+    if x.shape[0] == 0:
+        return (values, indices, indices.new_empty(0, dtype=torch.int32)) if with_paths else (values, indices)
+    cfg = config or K.sampling_config(x.shape[1], tiny_ok=False)
+    fargs = _filter_args(x, None, k, None, 1.0, None, 0.0, 1, 0, 0)
+    _, _, state = _run_pass_resolve(x, None, fargs, True, K.OP_TOPK, True, cfg, values, indices, None, bracket=0,
+                                    tie_large=int(tie_large), split=split)
+    return (values, indices, _paths(state, x.shape[0])) if with_paths else (values, indices)
+
+
+@torch.library.custom_op("flashinfer_triton::top_k", mutates_args=())
+def _top_k_op(x: torch.Tensor, k: int, tie_large: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _launch_top_k(x, k, tie_large)
+
+
+@_top_k_op.register_fake
+def _(x, k, tie_large):
+    return x.new_empty((x.shape[0], k)), x.new_empty((x.shape[0], k), dtype=torch.int64)
+
+
+def _launch_softmax(logits, t_arr, t_val, t_mode, *, config=None, split=None):
+    dev = logits.device
+    batch, n = logits.shape
+    out = torch.empty((batch, n), dtype=torch.float32, device=dev)
+    if batch == 0:
         return out
-    block, _, _, warps = K.sampling_config(logits.shape[1], _IS_HIP)
-    K.softmax_kernel[(logits.shape[0],)](
-        logits, out, t_arr if t_arr is not None else _dummy(logits.device, torch.float32),
-        logits.stride(0), out.stride(0), logits.shape[1], float(t_val), t_mode, BLOCK=block, num_warps=warps,
-    )
+    cfg = config or K.sampling_config(n, tiny_ok=False)
+    split, chunk = _split(batch, n, dev, cfg, split)
+    stats = torch.empty(batch * split * 2, dtype=torch.float32, device=dev)
+    t = t_arr if t_arr is not None else _dummy(dev, torch.float32)
+    grid = (_grid_rows(batch, cfg), split)
+    K.softmax_stats_kernel[grid](logits, t, stats, logits.stride(0), n, batch, chunk, float(t_val), t_mode,
+                                 ROWS=cfg.rows, BLOCK=cfg.block, num_warps=_warps(cfg.warps))
+    K.softmax_write_kernel[grid](logits, out, t, stats, logits.stride(0), out.stride(0), n, batch, chunk, split,
+                                 float(t_val), t_mode, ROWS=cfg.rows, BLOCK=cfg.block, SPLIT_BLOCK=cfg.split_max,
+                                 num_warps=_warps(cfg.warps))
     return out
 
 
@@ -151,53 +285,33 @@ def _(logits, t_arr, t_val, t_mode):
     return torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
 
 
-def _launch_chain(draft_probs, draft_ids, target_probs, uniforms, acc, emit):
+def _launch_chain(draft_probs, draft_ids, target_probs, acc, emit, u, seed_arr, seed_val, off_arr, off_val):
     b, n_spec, vocab = draft_probs.shape
-    out = torch.empty((b, n_spec + 1), dtype=torch.int32, device=draft_probs.device)
+    dev = draft_probs.device
+    out = torch.empty((b, n_spec + 1), dtype=torch.int32, device=dev)
     if b == 0:
         return out
-    block, _, _, warps = K.sampling_config(vocab, _IS_HIP)
-    K.chain_speculative_kernel[(b,)](draft_probs, draft_ids, target_probs, uniforms, out, acc, emit, n_spec, vocab,
-                                     BLOCK=block, num_warps=warps)
+    cfg = K.sampling_config(vocab, interpreter=interpreter_active())
+    r = _rng_args((u, seed_arr, seed_val, off_arr, off_val), dev)
+    K.chain_speculative_kernel[(_grid_rows(b, cfg),)](
+        draft_probs, draft_ids, target_probs, r["p_u"], r["p_seed"], r["p_off"], out, acc, emit, b, n_spec, vocab,
+        r["u_stride"], r["seed_val"], r["off_val"], r["seed_stride"], r["off_stride"], r["rng_mode"],
+        ROWS=cfg.rows, BLOCK=cfg.block, num_warps=_warps(cfg.warps),
+    )
     return out
 
 
 @torch.library.custom_op("flashinfer_triton::chain_speculative_sampling", mutates_args=("acc", "emit"))
-def _chain_op(draft_probs: torch.Tensor, draft_ids: torch.Tensor, target_probs: torch.Tensor,
-              uniforms: torch.Tensor, acc: torch.Tensor, emit: torch.Tensor) -> torch.Tensor:
-    return _launch_chain(draft_probs, draft_ids, target_probs, uniforms, acc, emit)
+def _chain_op(draft_probs: torch.Tensor, draft_ids: torch.Tensor, target_probs: torch.Tensor, acc: torch.Tensor,
+              emit: torch.Tensor, u: Optional[torch.Tensor], seed_arr: Optional[torch.Tensor], seed_val: int,
+              off_arr: Optional[torch.Tensor], off_val: int) -> torch.Tensor:
+    return _launch_chain(draft_probs, draft_ids, target_probs, acc, emit, u, seed_arr, seed_val, off_arr, off_val)
 
 
 @_chain_op.register_fake
-def _(draft_probs, draft_ids, target_probs, uniforms, acc, emit):
+def _(draft_probs, draft_ids, target_probs, acc, emit, u, seed_arr, seed_val, off_arr, off_val):
     b, n_spec, _ = draft_probs.shape
     return draft_probs.new_empty((b, n_spec + 1), dtype=torch.int32)
-
-
-def _launch_philox(seed_arr, seed_val, off_arr, off_val, batch, per_row, device):
-    u = torch.empty((batch, per_row), dtype=torch.float32, device=device)
-    if batch == 0:
-        return u
-    dummy = _dummy(device, torch.int64)
-    K.philox_uniform_kernel[(batch,)](
-        seed_arr if seed_arr is not None else dummy, off_arr if off_arr is not None else dummy, u,
-        int(seed_val), int(off_val),
-        0 if seed_arr is None or seed_arr.shape[0] == 1 else 1, 0 if off_arr is None or off_arr.shape[0] == 1 else 1,
-        per_row, SEED_ARR=seed_arr is not None, OFF_ARR=off_arr is not None, BLOCK_R=K.philox_block(per_row),
-        num_warps=1,
-    )
-    return u
-
-
-@torch.library.custom_op("flashinfer_triton::sampling_philox_uniforms", mutates_args=())
-def _philox_op(seed_arr: Optional[torch.Tensor], seed_val: int, off_arr: Optional[torch.Tensor], off_val: int,
-               batch: int, per_row: int, device: torch.device) -> torch.Tensor:
-    return _launch_philox(seed_arr, seed_val, off_arr, off_val, batch, per_row, device)
-
-
-@_philox_op.register_fake
-def _(seed_arr, seed_val, off_arr, off_val, batch, per_row, device):
-    return torch.empty((batch, per_row), dtype=torch.float32, device=device)
 
 
 def _compiling() -> bool:
@@ -227,18 +341,19 @@ def _check_matrix(name: str, t, dtypes=_FLOATS) -> torch.Tensor:
     _check_device(name, t)
     if t.shape[1] == 0:
         raise ValueError(f"{name}: the vocabulary (last) dimension is empty")
-    if t.shape[1] >= 2**31 - 1:
-        raise ValueError(f"{name}: vocabulary size {t.shape[1]} does not fit in int32")
+    if t.shape[1] >= 2**30:
+        raise ValueError(f"{name}: vocabulary size {t.shape[1]} is too large (at most 2^30 - 1)")
     if t.stride(1) != 1:
         t = t.contiguous()
     return t
 
 
 def _check_indices(indices, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """int32 view of ``indices`` (the kernels index with int32; int64 indices are converted)."""
     if indices is None:
         return None
     check_tensor("indices", indices, dtypes=(torch.int32, torch.int64), ndim=1, device=x.device)
-    return indices if indices.is_contiguous() else indices.contiguous()
+    return indices.to(torch.int32).contiguous()
 
 
 def _scalar_or_rows(name: str, v, batch: int, device, integer: bool):
@@ -274,31 +389,34 @@ def _check_generator(generator) -> None:
 
 
 def _seed_offset_part(name, v, batch, device):
+    """(tensor or None, value): an int64 tensor of 1 or ``batch`` entries read by the kernel, or
+    an int (taken modulo 2^64, as FlashInfer's uint64)."""
     if isinstance(v, torch.Tensor):
-        check_tensor(name, v, dtypes=(torch.int64,) + ((torch.uint64,) if hasattr(torch, "uint64") else ()),
-                     ndim=1, device=device)
+        dtypes = (torch.int64,) + ((torch.uint64,) if hasattr(torch, "uint64") else ())
+        check_tensor(name, v, dtypes=dtypes, ndim=1, device=device)
         if v.shape[0] not in (1, batch):
             raise ValueError(f"{name}: expected 1 or {batch} entries, got {v.shape[0]}")
         return v.view(torch.int64).contiguous(), 0
     if isinstance(v, bool) or not isinstance(v, Integral):
         raise TypeError(f"{name}: expected an int or an int64 tensor, got {type(v).__name__}")
-    return None, int(v)
+    v = int(v) % 2**64
+    return None, v - 2**64 if v >= 2**63 else v
 
 
-def _uniforms(batch: int, per_row: int, device, generator, seed, offset) -> torch.Tensor:
-    """[batch, per_row] float32 uniforms in [0, 1) on the device: torch.rand from ``generator``,
-    or Philox(seed, offset) when both are given."""
+def _rng(batch: int, per_row: int, device, generator, seed, offset):
+    """(u, seed_arr, seed_val, off_arr, off_val): ``u`` [batch, per_row] float32 uniforms from
+    ``generator`` (None when seed and offset are given: the kernel runs Philox itself)."""
     _check_generator(generator)
     if seed is None and offset is None:
-        return torch.rand((batch, per_row), device=device, generator=generator, dtype=torch.float32)
+        u = torch.rand((batch, per_row), device=device, generator=generator, dtype=torch.float32)
+        return u, None, 0, None, 0
     if seed is None or offset is None:
         raise ValueError("seed and offset: give both or neither")
     if isinstance(seed, torch.Tensor) != isinstance(offset, torch.Tensor):
         raise ValueError("seed and offset: must both be tensors or both be ints")
     s_arr, s_val = _seed_offset_part("seed", seed, batch, device)
     o_arr, o_val = _seed_offset_part("offset", offset, batch, device)
-    return (_philox_op if _compiling() else _launch_philox)(s_arr, s_val, o_arr, o_val, batch, per_row,
-                                                            torch.device(device))
+    return None, s_arr, s_val, o_arr, o_val
 
 
 def _check_nan(name: str, t: torch.Tensor, check_nan: bool) -> None:
@@ -317,16 +435,19 @@ def _sample_probs(probs, indices, generator, seed, offset, check_nan, return_val
         x = _check_matrix(name, probs)
     else:
         x = _as_probs(probs)
+    out_dtype = indices.dtype if isinstance(indices, torch.Tensor) else torch.int32
     indices = _check_indices(indices, x)
     _check_nan(name, x, check_nan)
     batch = indices.shape[0] if indices is not None else x.shape[0]
-    k_arr, k_val, k_mode = (None, 0, 0) if k is None else _scalar_or_rows("top_k", k, batch, x.device, True)
-    p_arr, p_val, p_mode = (None, 1.0, 0) if p is None else _scalar_or_rows("top_p", p, batch, x.device, False)
-    m_arr, m_val, m_mode = (None, 0.0, 0) if min_p is None else _scalar_or_rows("min_p", min_p, batch, x.device,
+    k_arr, k_val, mode_k = (None, 0, 0) if k is None else _scalar_or_rows("top_k", k, batch, x.device, True)
+    p_arr, p_val, mode_p = (None, 1.0, 0) if p is None else _scalar_or_rows("top_p", p, batch, x.device, False)
+    m_arr, m_val, mode_m = (None, 0.0, 0) if min_p is None else _scalar_or_rows("min_p", min_p, batch, x.device,
                                                                                False)
-    u = _uniforms(batch, 2, x.device, generator, seed, offset)  # round 0's uniform, later rounds' seed
-    samples, valid = _sample(x, u, indices, k_arr, k_val, p_arr, p_val, m_arr, m_val, k_mode, p_mode, m_mode,
-                             joint, is_logits)
+    rng = _rng(batch, 1, x.device, generator, seed, offset)
+    samples, valid = _sample(x, indices, k_arr, k_val, p_arr, p_val, m_arr, m_val, mode_k, mode_p, mode_m, joint,
+                             is_logits, *rng)
+    if out_dtype != torch.int32:
+        samples = samples.to(out_dtype)
     return (samples, valid) if return_valid else samples
 
 
@@ -343,12 +464,16 @@ _COMMON_DOC = """
     deterministic: bool
         Accepted for compatibility; the kernels are always deterministic.
     generator: Optional[torch.Generator]
-        Generator on the device of the input for the two uniforms per output row.
+        Generator on the device of the input for the one uniform per output row (``torch.rand``;
+        replay-safe under CUDA-graph capture).
     check_nan: bool
         Raise ``ValueError`` if the input holds a NaN (a host sync). Default ``False``.
     seed, offset: Optional[int or torch.Tensor]
-        Both or neither. Ints, or int64 tensors of shape ``[1]`` or ``[batch_size]`` (CUDA-graph
-        safe): the uniforms then come from Philox(seed, offset + 2 * row + j) instead of ``generator``.
+        Both or neither; both ints or both int64/uint64 tensors of shape ``[1]`` or
+        ``[batch_size]`` (one per output row). The uniform of output row ``i`` is then Philox
+        with key ``seed`` at counter ``(offset, i)``, computed in the kernel; tensors are read
+        from device memory, so a captured CUDA graph replays with the values they hold at
+        replay (advance ``offset`` between calls for fresh samples).
 """
 
 
@@ -389,13 +514,18 @@ def sampling_from_probs(probs: torch.Tensor, indices: Optional[torch.Tensor] = N
                         generator: Optional[torch.Generator] = None, check_nan: bool = False,
                         seed: Optional[Union[int, torch.Tensor]] = None,
                         offset: Optional[Union[int, torch.Tensor]] = None, return_valid: bool = False):
-    """Categorical sampling from probabilities (inverse CDF, one uniform per output row).
+    """Categorical sampling from probabilities (inverse CDF in index order, one uniform per
+    output row).
+
+    As in FlashInfer, the uniform ``u`` is compared with the running sum of the row, so rows are
+    expected to sum to 1. A row summing to ``T < 1`` is still sampled in proportion to its
+    entries (a ``u`` beyond ``T`` is redrawn as ``(u - T) / (1 - T) * T``); a row summing to more
+    than 1 is sampled from its first unit of mass. Zero entries are never sampled.
 
     Parameters
     ----------
     probs: torch.Tensor
         shape: ``[unique_batch_size, vocab_size]``, float32 (float16/bfloat16 are converted).
-        Rows need not sum to 1; zero entries are never sampled.
     """ + _COMMON_DOC + """
     return_valid: bool
         Also return ``valid``, shape ``[batch_size]``, dtype bool: the row had positive mass.
@@ -577,7 +707,7 @@ def top_k_renorm_probs(probs: torch.Tensor, top_k: Union[torch.Tensor, int],
     top_k: Union[torch.Tensor, int]
         An int, or shape ``[batch_size]`` int32/int64.
     is_deterministic: bool
-        Accepted for compatibility; always deterministic.
+        Accepted for compatibility (FlashInfer 0.6.18 dropped it); always deterministic.
 
     Returns
     -------
@@ -585,8 +715,8 @@ def top_k_renorm_probs(probs: torch.Tensor, top_k: Union[torch.Tensor, int],
         shape: ``[batch_size, vocab_size]``, dtype of ``probs``.
     """
     probs = _check_matrix("probs", probs)
-    k_arr, k_val, k_mode = _scalar_or_rows("top_k", top_k, probs.shape[0], probs.device, True)
-    return _filter(probs, k_arr, k_val, None, 1.0, k_mode, 0, K.MODE_TOP_K_RENORM)
+    k_arr, k_val, mode_k = _scalar_or_rows("top_k", top_k, probs.shape[0], probs.device, True)
+    return _filter(probs, k_arr, k_val, None, 1.0, mode_k, 0, K.OP_RENORM)
 
 
 def top_p_renorm_probs(probs: torch.Tensor, top_p: Union[torch.Tensor, float],
@@ -609,8 +739,8 @@ def top_p_renorm_probs(probs: torch.Tensor, top_p: Union[torch.Tensor, float],
         shape: ``[batch_size, vocab_size]``, dtype: float32.
     """
     probs = _as_probs(probs)
-    p_arr, p_val, p_mode = _scalar_or_rows("top_p", top_p, probs.shape[0], probs.device, False)
-    return _filter(probs, None, 0, p_arr, p_val, 0, p_mode, K.MODE_TOP_P_RENORM)
+    p_arr, p_val, mode_p = _scalar_or_rows("top_p", top_p, probs.shape[0], probs.device, False)
+    return _filter(probs, None, 0, p_arr, p_val, 0, mode_p, K.OP_RENORM)
 
 
 top_k_renorm_prob = top_k_renorm_probs
@@ -634,8 +764,8 @@ def top_k_mask_logits(logits: torch.Tensor, top_k: Union[torch.Tensor, int]) -> 
         shape: ``[batch_size, vocab_size]``, dtype of ``logits``.
     """
     logits = _check_matrix("logits", logits)
-    k_arr, k_val, k_mode = _scalar_or_rows("top_k", top_k, logits.shape[0], logits.device, True)
-    return _filter(logits, k_arr, k_val, None, 1.0, k_mode, 0, K.MODE_TOP_K_MASK)
+    k_arr, k_val, mode_k = _scalar_or_rows("top_k", top_k, logits.shape[0], logits.device, True)
+    return _filter(logits, k_arr, k_val, None, 1.0, mode_k, 0, K.OP_MASK)
 
 
 def chain_speculative_sampling(draft_probs, draft_token_ids, target_probs,
@@ -698,6 +828,61 @@ def chain_speculative_sampling(draft_probs, draft_token_ids, target_probs,
     draft_probs = draft_probs.float().contiguous()
     target_probs = target_probs.float().contiguous()
     draft_token_ids = draft_token_ids.to(torch.int32).contiguous()
-    u = _uniforms(b, n_spec + 1, draft_probs.device, generator, seed, offset)
-    out = (_chain_op if _compiling() else _launch_chain)(draft_probs, draft_token_ids, target_probs, u, acc, emit)
+    rng = _rng(b, n_spec + 1, draft_probs.device, generator, seed, offset)
+    out = (_chain_op if _compiling() else _launch_chain)(draft_probs, draft_token_ids, target_probs, acc, emit, *rng)
     return out, acc, emit
+
+
+class TopKTieBreak(IntEnum):
+    """Which of the elements tied at the k-th value ``top_k`` returns: NONE (0, here the same as
+    SMALL), SMALL (1, smaller indices first) or LARGE (2, larger indices first)."""
+
+    NONE = 0
+    SMALL = 1
+    LARGE = 2
+
+
+def top_k(input: torch.Tensor, k: int, sorted: bool = False, deterministic: bool = False,
+          tie_break: int = TopKTieBreak.NONE, dsa_graph_safe: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of each row and their indices (FlashInfer's ``top_k``).
+
+    Exactly ``k`` entries a row: every entry above the k-th largest value, then as many entries
+    equal to it as needed, chosen by ``tie_break``. Unsorted output lists the entries above the
+    k-th value in index order, then the ties in index order (``k = d``: every entry in order).
+
+    Parameters
+    ----------
+    input: torch.Tensor
+        shape: ``[batch_size, d]``, dtype: float32, float16 or bfloat16.
+    k: int
+        ``1 <= k <= d``.
+    sorted: bool
+        Return each row's entries in descending order of value (a stable ``torch.sort`` of the
+        ``k`` selected entries, as FlashInfer does for large ``k``).
+    deterministic: bool
+        Accepted; the output (values, indices and order) is always deterministic.
+    tie_break: int
+        ``TopKTieBreak``: NONE or SMALL keep the tied entries with the smallest indices, LARGE
+        those with the largest.
+    dsa_graph_safe: bool
+        Accepted; every path here is CUDA-graph safe.
+
+    Returns
+    -------
+    values: torch.Tensor
+        shape: ``[batch_size, k]``, dtype of ``input``.
+    indices: torch.Tensor
+        shape: ``[batch_size, k]``, dtype: int64.
+    """
+    x = _check_matrix("input", input)
+    if isinstance(k, bool) or not isinstance(k, Integral):
+        raise TypeError(f"k: expected an int, got {type(k).__name__}")
+    if not 1 <= int(k) <= x.shape[1]:
+        raise ValueError(f"k: expected 1 <= k <= {x.shape[1]} (the row length), got {k}")
+    if int(tie_break) not in (0, 1, 2):
+        raise ValueError(f"tie_break: expected TopKTieBreak.NONE, SMALL or LARGE (0, 1, 2), got {tie_break!r}")
+    values, indices = (_top_k_op if _compiling() else _launch_top_k)(x, int(k), int(tie_break) == TopKTieBreak.LARGE)
+    if sorted:
+        values, order = torch.sort(values, dim=-1, descending=True, stable=True)
+        indices = torch.gather(indices, -1, order)
+    return values, indices

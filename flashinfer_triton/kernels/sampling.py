@@ -1,58 +1,79 @@
-"""Sampling kernels: softmax, top-k / top-p / min-p filtering, renormalization, masking, inverse-CDF
-sampling and chain speculative sampling. One program per output row; the vocabulary is streamed in
-blocks of ``BLOCK``, so any vocabulary size (256k and more) works with a fixed register footprint.
+"""Sampling kernels: samplers, renorm/mask filters and top-k selection on one kept-set machinery;
+softmax; chain speculative sampling.
 
-No sort. Samplers (``sample_kernel``): a two-pivot rejection loop on an order-preserving integer
-key of the float32 value (``_order_key``), described in the kernel's docstring; each round is one
-inverse-CDF draw from the candidates (block sums, then one prefix scan of a single block) and one
-counting pass. Filters (``filter_kernel``) and the ``top_k_first`` sampler need exact thresholds:
-a multi-pivot bisection evaluates ``PIVOTS`` candidate keys per pass (a ``[SEARCH_BLOCK, PIVOTS]``
-compare per block) and keeps the largest key whose count (top-k) or weight (top-p) of
-``{key >= t}`` still reaches the target. The kept set is ``{x >= threshold}``, so ties at the
-threshold are all kept (FlashInfer's pivot semantics). A token of zero weight or outside the kept
-set can never be returned.
+Every filter keeps ``S = {x : key(x) >= s*}`` for one threshold key ``s*`` (``_key`` is an
+order-preserving int32 image of the float32 value, so ties at the threshold are all kept, as in
+FlashInfer). Finding ``s*`` and drawing from ``S`` takes two launches, whatever the batch size:
+
+1. ``sample_pass_kernel``, grid ``(row groups, SPLIT)``: SPLIT programs share a row, each streams
+   one chunk once. Each first estimates a bracket ``[t_lo, t_hi)`` around ``s*`` from a fixed
+   sample of the row (16 spread segments, the same for every program of the row, so every program
+   computes the same bracket): a histogram of the sample over log-weight bins gives the sample's
+   counts and weights above each bin edge, and Poisson margins turn the sample's top-k rank /
+   top-p mass into row bounds (rows that fit whole are collected whole). While streaming
+   its chunk the program computes the row statistics (min/max key, max value, total weight with an
+   online softmax for logits), the count and weight at or above ``t_lo`` and ``t_hi``, and writes
+   the elements inside the bracket (key and index) to its own candidate region. Filters also write
+   their speculative output here (mask: ``x`` or ``-inf`` around ``t_lo``; renorm: zeros).
+2. ``sample_resolve_kernel``, one program per row group: combines the chunk partials, gathers the
+   candidates (at most ``CAP``) into registers and finds ``s*`` exactly among them with a
+   multi-pivot bisection on keys that snaps to element keys (the counts/weights above ``t_hi`` are
+   offsets). Samplers then draw by inverse CDF from the candidates (or, when ``S`` reaches above
+   ``t_hi``, by a streaming pick); filters fix up the candidates' outputs by scatter or rewrite
+   the row (``filter_apply_kernel`` splits the renorm's rewrite when SPLIT > 1; the mask rewrites
+   a row only on the fallback, in the resolve kernel).
+   When the bracket missed ``s*`` or held more than ``CAP`` candidates, the same program finds
+   ``s*`` by the bisection streamed over the whole row (exact, slower, rare).
+
+So a sampler reads its input once and a filter reads it once and writes it once in the common
+case. ``sample_direct_kernel`` is plain ``sampling_from_probs`` for large batches: one pass that
+stops at the sample. Every kernel handles ``ROWS`` output rows per program as the leading block
+dimension (ROWS > 1 for tiny vocabularies: one program then handles many draws, which is what
+makes statistical tests affordable in the CPU interpreter). Randomness is one uniform per output
+row, read from a tensor (``torch.rand`` from a generator) or computed in the kernel by Philox from
+``(seed, offset)`` read from device memory, so CUDA-graph replays with new offsets draw anew.
+All reductions run in a fixed order: results are deterministic.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+from dataclasses import dataclass
 
 import triton
 import triton.language as tl
 
 from . import AotConfig, ptr
 
-# Software-pipelining depth of the streaming loops (tl.range num_stages): a program streams a whole
-# row by itself, so without loads in flight ahead of the compute one row pass is latency-bound.
-# Measured on the H100 (benchmarks/tune_sampling.py): 1 (no pipelining) is fastest; 2-4 cost 10-30%.
-STREAM_STAGES = tl.constexpr(int(os.environ.get("FLASHINFER_TRITON_SAMPLING_STAGES", "1")))
+KEY_MIN = -(2**31)
+KEY_MAX = 2**31 - 1
 
-# vocab size -> (BLOCK, SEARCH_BLOCK, PIVOTS, num_warps), swept by benchmarks/tune_sampling.py on the H100
-# (one program streams a row, so wide blocks and 32 warps win at every batch size). Every entry is enumerated by aot_configs().
-SAMPLING_TABLE = {
-    1 << 62: (8192, 2048, 4, 32),
-}
+# op codes of sample_pass_kernel / sample_resolve_kernel
+OP_SAMPLE = 0  # a sampler (top-k / top-p / min-p / plain; probs or logits)
+OP_RENORM = 1  # top_k_renorm_probs (k criterion) or top_p_renorm_probs (p criterion)
+OP_MASK = 2  # top_k_mask_logits
+OP_TOPK = 3  # top_k selection: values and indices of the k largest
 
+# per-row path of the resolve kernel, recorded in its state (tests and benchmark diagnostics)
+PATH_NONE = 0  # no filter
+PATH_CANDIDATES = 1  # the kept set was collected whole: resolved and drawn / fixed up from the candidates
+PATH_BRACKET = 2  # the threshold was in the bracket; the kept set is streamed (pick pass / row rewrite)
+PATH_FALLBACK = 3  # the bracket missed or overflowed: the threshold was searched over the whole row
+NUM_STATE = 4  # resolve state per row: rewrite the row (filters), threshold, 1 / mass (bits), path
 
-def hip_warps(num_warps: int) -> int:
-    """AMD wavefronts have 64 lanes and a block at most 1024 threads: 16 warps at most."""
-    return min(num_warps, 16)
+NUM_IPART = 6  # int partials per (row, chunk): kmin, kmax, count >= t_lo, count >= t_hi, t_lo, t_hi
+NUM_FPART = 4  # float partials: max value, total weight, weight >= t_lo, weight >= t_hi (relative to the max)
 
-
-def sampling_config(vocab_size: int, is_hip: bool = False):
-    """(BLOCK, SEARCH_BLOCK, PIVOTS, num_warps) for a vocabulary size; every result is in ``aot_configs()``."""
-    for limit, (block, sblock, piv, warps) in SAMPLING_TABLE.items():
-        if vocab_size <= limit:
-            return block, sblock, piv, hip_warps(warps) if is_hip else warps
-    raise ValueError(f"vocabulary size {vocab_size} is too large")
-
-
-# filter kernel modes
-MODE_TOP_K_RENORM = 0
-MODE_TOP_P_RENORM = 1
-MODE_TOP_K_MASK = 2
-
-NEG_INF = float("-inf")
+# the same constants for @triton.jit code (globals there must be constexpr)
+_KEY_MIN = tl.constexpr(KEY_MIN)
+_KEY_MAX = tl.constexpr(KEY_MAX)
+_OP_SAMPLE = tl.constexpr(OP_SAMPLE)
+_OP_RENORM = tl.constexpr(OP_RENORM)
+_OP_MASK = tl.constexpr(OP_MASK)
+_OP_TOPK = tl.constexpr(OP_TOPK)
+_NUM_IPART = tl.constexpr(NUM_IPART)
+_NUM_STATE = tl.constexpr(NUM_STATE)
+_NUM_FPART = tl.constexpr(NUM_FPART)
 
 # Reductions call tl.reduce / tl.associative_scan with Triton's own combine functions instead of
 # tl.sum / tl.max / tl.min / tl.cumsum: the same code on a GPU, but the interpreter runs them in
@@ -62,18 +83,108 @@ _MAX = tl.standard._elementwise_max
 _MIN = tl.standard._elementwise_min
 
 
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Constexpr shape of the sampling kernels. ``rows``: output rows per program; ``block``:
+    streaming width; ``cap``: candidates per row resolved in registers; ``sample``/``bins``: the
+    bracket estimate's sample size and histogram bins; ``pivots``: bisection pivots per step;
+    ``split_max``: most programs per row; ``search_block``: tile width of the fallback bisection
+    streamed over a row (a [rows, search_block, pivots] compare); ``warps``/``resolve_warps``:
+    warps of the streaming kernels / of the resolve kernel; ``stages``: software pipelining of
+    the streaming loops."""
+
+    rows: int
+    block: int
+    search_block: int
+    cap: int
+    sample: int
+    bins: int
+    pivots: int
+    split_max: int
+    warps: int
+    resolve_warps: int
+    stages: int
+
+    @property
+    def name(self) -> str:
+        return f"r{self.rows}b{self.block}c{self.cap}"
+
+
+# vocab size -> config. The large entry is derived from the H100 sweep of the previous sampler
+# (8192-wide blocks with 32 warps streamed one row per SM fastest; with rows split over programs
+# a chunk is a few blocks, so 2048-wide blocks with 8 warps keep the same bytes in flight per SM)
+# and from the architecture (a [1, 4096] candidate block with 8 bisection pivots is 128 values per
+# thread at 8 warps): derived from the H100 sweep / architecture, not yet measured on H200.
+# The tiny entry (vocabularies up to 32, 16 draws a program) serves many draws from small
+# distributions; default, not yet measured. The CPU interpreter pays per operation, not per
+# element, so it gets the tiny entry with 2048 rows a program (what makes the statistical tests of
+# the CPU tier affordable); no GPU launch picks it, so it is not an AOT configuration.
+TINY_VOCAB = 32
+TINY = SamplingConfig(rows=16, block=32, search_block=32, cap=32, sample=32, bins=16, pivots=8, split_max=1, warps=4,
+                      resolve_warps=4, stages=1)
+TINY_INTERPRETER = dataclasses.replace(TINY, rows=2048)
+# configs of several rows a program skip the bracket estimate: every row must fit whole
+assert TINY_VOCAB <= min(TINY.sample, TINY.cap)
+LARGE = SamplingConfig(rows=1, block=2048, search_block=256, cap=4096, sample=4096, bins=256, pivots=8, split_max=16,
+                       warps=8, resolve_warps=8, stages=1)
+
+# Programs per compute unit that the split aims for (two keeps each SM busy while the other
+# program waits on memory); default, not yet measured.
+PROGRAMS_PER_CU = 2
+# Plain sampling from logits draws by rescanning the chunk where the running total passes u: at
+# least this many programs a row keep that rescan to 1/8 of a row; default, not yet measured.
+PLAIN_LOGITS_MIN_SPLIT = 8
+
+
+def hip_warps(num_warps: int) -> int:
+    """AMD wavefronts have 64 lanes and a block at most 1024 threads: 16 warps at most."""
+    return min(num_warps, 16)
+
+
+def sampling_config(vocab_size: int, tiny_ok: bool = True, interpreter: bool = False) -> SamplingConfig:
+    """The config for a vocabulary size; ``tiny_ok`` False for the ops without a tiny variant
+    (filters, top_k, softmax). Every result on a GPU is in ``aot_configs()``."""
+    if tiny_ok and vocab_size <= TINY_VOCAB:
+        return TINY_INTERPRETER if interpreter else TINY
+    return LARGE
+
+
+def split_for(batch: int, vocab_size: int, compute_units: int, cfg: SamplingConfig, split=None):
+    """(programs per row, chunk length): enough programs for ``PROGRAMS_PER_CU`` per compute
+    unit, at most ``cfg.split_max``, every chunk a whole number of blocks; ``split`` overrides
+    the count (tuning)."""
+    if split is None:
+        groups = -(-batch // cfg.rows)
+        split = -(-PROGRAMS_PER_CU * compute_units // max(groups, 1))
+    elif not 1 <= split <= cfg.split_max:
+        raise ValueError(f"split: expected 1..{cfg.split_max} for this config, got {split}")
+    split = max(1, min(cfg.split_max, split, -(-vocab_size // cfg.block)))
+    chunk = -(-(-(-vocab_size // split)) // cfg.block) * cfg.block
+    return -(-vocab_size // chunk), chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# jit helpers
+# ---------------------------------------------------------------------------------------------
+
+
 @triton.jit
-def _order_key(x):
-    """Inlined by hand in the block loops: the interpreter pays ~0.2 ms per nested jit call.
-    int32 key with key(a) < key(b) iff a < b for float32 a, b (-0.0 and +0.0 share a key)."""
+def _key(x):
+    """int32 key with key(a) < key(b) iff a < b for float32 a, b (-0.0 and +0.0 share a key)."""
     x = tl.where(x == 0.0, 0.0, x)
     b = x.to(tl.int32, bitcast=True)
     return tl.where(b < 0, b ^ 0x7FFFFFFF, b)
 
 
 @triton.jit
+def _value(k):
+    """float32 value of a key (inverse of ``_key``; -0.0 comes back as +0.0)."""
+    return tl.where(k < 0, k ^ 0x7FFFFFFF, k).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _weight(x, m, IS_LOGITS: tl.constexpr):
-    """Unnormalized probability of a value: exp(x - row max) for logits, max(x, 0) for probs."""
+    """Unnormalized probability: exp(x - m) for logits (m: the row max), max(x, 0) for probs."""
     if IS_LOGITS:
         return tl.exp(x - m)
     else:
@@ -81,493 +192,994 @@ def _weight(x, m, IS_LOGITS: tl.constexpr):
 
 
 @triton.jit
-def _row_stats(p_row, n, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
-    """One pass: (min key, max key, max value, total weight). For logits the total is the online
-    softmax denominator relative to the max. Per-lane accumulators, reduced once at the end."""
-    o_b = tl.arange(0, BLOCK)
-    b_kmin = tl.full([BLOCK], 0x7FFFFFFF, tl.int32)
-    b_kmax = tl.full([BLOCK], -0x7FFFFFFF, tl.int32)
-    b_m = tl.full([BLOCK], float("-inf"), tl.float32)
-    b_s = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in tl.range(0, n, BLOCK, num_stages=STREAM_STAGES):
-        o = start + o_b
-        m_o = o < n
-        b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
-        b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
-        b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
-        b_kmin = tl.minimum(b_kmin, tl.where(m_o, b_k, 0x7FFFFFFF))
-        b_kmax = tl.maximum(b_kmax, tl.where(m_o, b_k, -0x7FFFFFFF))
-        if IS_LOGITS:
-            b_m_new = tl.maximum(b_m, b_x)
-            b_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
-            b_s = b_s * tl.exp(b_m - b_safe) + tl.exp(b_x - b_safe)
-            b_m = b_m_new
-        else:
-            b_m = tl.maximum(b_m, b_x)
-            b_s += tl.maximum(b_x, 0.0)
-    m = tl.reduce(b_m, 0, _MAX)
-    if IS_LOGITS:
-        m_safe = tl.where(m == float("-inf"), 0.0, m)
-        s = tl.reduce(b_s * tl.exp(b_m - m_safe), 0, _SUM)
-    else:
-        s = tl.reduce(b_s, 0, _SUM)
-    return tl.reduce(b_kmin, 0, _MIN).to(tl.int64), tl.reduce(b_kmax, 0, _MAX).to(tl.int64), m, s
+def _row_params(o_r, m_r, n, p_topk, p_topp, p_minp, top_k_val, top_p_val, min_p_val, mode_k, mode_p, mode_m):
+    """Per-row (k, top_p, min_p) and which filters are on. ``mode_*``: 0 off, 1 scalar, 2 per row."""
+    k = tl.full(o_r.shape, 0, tl.int32) + top_k_val
+    if mode_k == 2:
+        k = tl.load(p_topk + o_r, mask=m_r, other=0)
+    tp = tl.full(o_r.shape, 0.0, tl.float32) + top_p_val
+    if mode_p == 2:
+        tp = tl.load(p_topp + o_r, mask=m_r, other=1.0).to(tl.float32)
+    mp = tl.full(o_r.shape, 0.0, tl.float32) + min_p_val
+    if mode_m == 2:
+        mp = tl.load(p_minp + o_r, mask=m_r, other=0.0).to(tl.float32)
+    # scalar flags become row tensors first (the interpreter's tensor & scalar-bool is int32)
+    zero = o_r * 0
+    k_on = m_r & ((zero + mode_k) != 0) & (k > 0) & (k < n)
+    p_on = m_r & ((zero + mode_p) != 0) & (tp < 1.0)
+    m_on = m_r & ((zero + mode_m) != 0) & (mp > 0.0)
+    return k, tp, mp, k_on, p_on, m_on
 
 
 @triton.jit
-def _search(p_row, n, lo, hi, target, m, COUNT: tl.constexpr, IS_LOGITS: tl.constexpr,
-            SEARCH_BLOCK: tl.constexpr, PIVOTS: tl.constexpr):
-    """Largest key t in [lo, hi] with f(t) >= target, where f(t) is the count (COUNT) or the weight
-    of the elements with key >= t; f is non-increasing. Returns lo when no t > lo qualifies."""
-    o_p = tl.arange(0, PIVOTS).to(tl.int64)
-    o_b = tl.arange(0, SEARCH_BLOCK)
-    while lo < hi:
-        # PIVOTS candidates in [lo + 1, hi]; when hi - lo <= PIVOTS they cover every key there.
-        b_piv64 = lo + 1 + (o_p * (hi - lo)) // PIVOTS
-        b_piv = b_piv64.to(tl.int32)
-        if COUNT:
-            b_acc = tl.zeros([PIVOTS], dtype=tl.int32)
-        else:
-            b_acc = tl.zeros([PIVOTS], dtype=tl.float32)
-        b_above = tl.full([PIVOTS], 0x7FFFFFFF, tl.int32)  # min element key >= pivot
-        b_below = tl.full([PIVOTS], -0x7FFFFFFF - 1, tl.int32)  # max element key < pivot
-        for start in range(0, n, SEARCH_BLOCK):
-            o = start + o_b
-            m_o = o < n
-            b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
-            b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
-            b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
-            b_ge = (b_k[:, None] >= b_piv[None, :]) & m_o[:, None]
-            b_lt = (b_k[:, None] < b_piv[None, :]) & m_o[:, None]
-            b_above = tl.minimum(b_above, tl.reduce(tl.where(b_ge, b_k[:, None], 0x7FFFFFFF), 0, _MIN))
-            b_below = tl.maximum(b_below, tl.reduce(tl.where(b_lt, b_k[:, None], -0x7FFFFFFF - 1), 0, _MAX))
-            if COUNT:
-                b_acc += tl.reduce(b_ge.to(tl.int32), 0, _SUM)
-            else:
-                if IS_LOGITS:  # _weight, inlined
-                    b_w = tl.exp(b_x - m)
-                else:
-                    b_w = tl.maximum(b_x, 0.0)
-                b_acc += tl.reduce(tl.where(b_ge, b_w[:, None], 0.0), 0, _SUM)
-        # f is a step function of the element keys: snap lo up to the smallest element key >= the
-        # best passing pivot and hi down to the largest element key below the first failing one
-        # (FlashInfer's min_gt_low / max_le_high), so the loop ends once one distinct key is left.
-        b_ok = (b_acc >= target) & (b_acc > 0)  # > 0: top_p = 0 still keeps the largest value
-        new_lo = tl.reduce(tl.where(b_ok, b_piv64, lo), 0, _MAX)
-        new_hi = tl.reduce(tl.where(b_ok, hi, b_piv64 - 1), 0, _MIN)
-        snap_lo = tl.reduce(tl.where(b_ok & (b_piv64 == new_lo), b_above.to(tl.int64), 0x7FFFFFFF), 0, _MIN)
-        snap_hi = tl.reduce(tl.where((b_ok == 0) & (b_piv64 == new_hi + 1), b_below.to(tl.int64), -0x7FFFFFFF - 1), 0, _MAX)
-        lo = tl.where(snap_lo < 0x7FFFFFFF, snap_lo, new_lo)
-        hi = tl.where(snap_hi > -0x7FFFFFFF - 1, snap_hi, new_hi)
+def _uniform(o_r, m_r, j, p_u, u_stride, p_seed, p_off, seed_val, off_val, seed_stride, off_stride, rng_mode):
+    """Uniform in [0, 1) for output rows ``o_r``, draw ``j``: ``u[row, j]`` (rng_mode 0) or
+    Philox(seed, counter = (offset, row, j)) with seed/offset read from memory (stride 0: one for
+    all rows, 1: one per row) or given as values (stride -1)."""
+    if rng_mode == 0:
+        u = tl.load(p_u + o_r.to(tl.int64) * u_stride + j, mask=m_r, other=0.5)
+    else:
+        seed = tl.full(o_r.shape, 0, tl.int64) + seed_val
+        if seed_stride >= 0:
+            seed = tl.load(p_seed + o_r.to(tl.int64) * seed_stride, mask=m_r, other=0)
+        off = tl.full(o_r.shape, 0, tl.int64) + off_val
+        if off_stride >= 0:
+            off = tl.load(p_off + o_r.to(tl.int64) * off_stride, mask=m_r, other=0)
+        c2 = o_r.to(tl.uint32)
+        r0, _, _, _ = tl.philox(seed, off.to(tl.uint32), (off >> 32).to(tl.uint32), c2, c2 * 0 + j)
+        u = tl.uint_to_uniform_float(r0)
+    return u
+
+
+@triton.jit
+def _f_above(b_key, b_w, b_m, b_piv, COUNT: tl.constexpr):
+    """For pivots ``b_piv`` [R, P] over elements [R, N]: (count or weight of key >= pivot,
+    smallest element key >= pivot, largest element key < pivot), each [R, P]."""
+    b_ge = (b_key[:, :, None] >= b_piv[:, None, :]) & b_m[:, :, None]
+    if COUNT:
+        b_f = tl.reduce(b_ge.to(tl.float32), 1, _SUM)
+    else:
+        b_f = tl.reduce(tl.where(b_ge, b_w[:, :, None], 0.0), 1, _SUM)
+    b_above = tl.reduce(tl.where(b_ge, b_key[:, :, None], _KEY_MAX), 1, _MIN)
+    b_below = tl.reduce(tl.where(b_m[:, :, None] & (b_ge == 0), b_key[:, :, None], _KEY_MIN), 1, _MAX)
+    return b_f, b_above, b_below
+
+
+@triton.jit
+def _narrow(lo, hi, b_piv, b_f, b_above, b_below, target, floor, active):
+    """One bisection step on keys: lo becomes the largest passing pivot (f >= target and
+    f > floor), hi the first failing pivot - 1; both snap to element keys (FlashInfer's
+    min_gt_low / max_le_high), so the search ends once one distinct key is left."""
+    b_ok = (b_f >= target[:, None]) & (b_f > floor[:, None])
+    new_lo = tl.reduce(tl.where(b_ok, b_piv, lo[:, None]), 1, _MAX)
+    new_hi = tl.reduce(tl.where(b_ok, hi[:, None], b_piv - 1), 1, _MIN)
+    snap_lo = tl.reduce(tl.where(b_ok & (b_piv == new_lo[:, None]), b_above.to(tl.int64), _KEY_MAX), 1, _MIN)
+    snap_hi = tl.reduce(tl.where((b_ok == 0) & (b_piv == new_hi[:, None] + 1), b_below.to(tl.int64), _KEY_MIN),
+                        1, _MAX)
+    new_lo = tl.where(snap_lo < _KEY_MAX, snap_lo, new_lo)
+    new_hi = tl.where(snap_hi > _KEY_MIN, snap_hi, new_hi)
+    return tl.where(active, new_lo, lo), tl.where(active, new_hi, hi)
+
+
+@triton.jit
+def _pivots(lo, hi, P: tl.constexpr):
+    """P pivots spread over (lo, hi]; they cover every key there once hi - lo <= P."""
+    o_p = tl.arange(0, P).to(tl.int64)
+    return lo[:, None] + 1 + (o_p[None, :] * (hi - lo)[:, None]) // P
+
+
+@triton.jit
+def _search_block(b_key, b_w, b_m, lo, hi, target, floor, active, COUNT: tl.constexpr, P: tl.constexpr):
+    """Largest key t in [lo, hi] with f(t) >= target and f(t) > floor, f(t) the count (COUNT) or
+    weight of the elements [R, N] in registers with key >= t. Needs f(lo) to pass; per row."""
+    act = active & (lo < hi)
+    while tl.reduce(act.to(tl.int32), 0, _MAX) > 0:
+        b_piv = _pivots(lo, hi, P)
+        b_f, b_above, b_below = _f_above(b_key, b_w, b_m, b_piv.to(tl.int32), COUNT)
+        lo, hi = _narrow(lo, hi, b_piv, b_f, b_above, b_below, target, floor, act)
+        act = act & (lo < hi)
     return lo
 
 
 @triton.jit
-def _kept_weights(p_row, start, n, thr, m, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
-    """(offsets, weights) of one block, weight 0 outside the kept set {key >= thr}."""
-    o = start + tl.arange(0, BLOCK)
-    m_o = o < n
-    b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
-    b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
-    b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
-    if IS_LOGITS:  # _weight, inlined
-        b_w = tl.exp(b_x - m)
-    else:
-        b_w = tl.maximum(b_x, 0.0)
-    return o, tl.where(m_o & (b_k >= thr) & (b_w > 0.0), b_w, 0.0)
-
-
-@triton.jit
-def _mass_above(p_row, n, thr, m, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
-    """Total weight of the elements with key >= thr."""
-    b_s = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in tl.range(0, n, BLOCK, num_stages=STREAM_STAGES):
-        _, b_w = _kept_weights(p_row, start, n, thr, m, IS_LOGITS, BLOCK)
-        b_s += b_w
-    return tl.reduce(b_s, 0, _SUM)
-
-
-@triton.jit
-def _pick(p_row, n, thr, m, target, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
-    """First index with key >= thr and positive weight whose inclusive prefix weight exceeds
-    target; the last such index if rounding leaves none; -1 for a row without positive weight.
-
-    Two levels: block sums (one reduction per block) find the block where the running weight
-    passes target, and only that block is prefix-scanned (a scan costs several reductions)."""
-    run = 0.0
-    hit = -1  # start of the block where the running weight passes target
-    hit_run = 0.0
-    last = -1  # start of the last block with positive weight, in case rounding passes none
-    last_run = 0.0
-    start = 0
-    while (start < n) & (hit < 0):
-        o, b_w = _kept_weights(p_row, start, n, thr, m, IS_LOGITS, BLOCK)
-        s = tl.reduce(b_w, 0, _SUM)
-        hit = tl.where(run + s > target, start, -1)
-        hit_run = tl.where(run + s > target, run, hit_run)
-        last = tl.where(s > 0.0, start, last)
-        last_run = tl.where(s > 0.0, run, last_run)
-        run += s
-        start += BLOCK
-    blk = tl.where(hit >= 0, hit, last)
-    res = -1
-    if blk >= 0:
-        o, b_w = _kept_weights(p_row, blk, n, thr, m, IS_LOGITS, BLOCK)
-        b_c = tl.associative_scan(b_w, 0, _SUM) + tl.where(hit >= 0, hit_run, last_run)
-        first = tl.reduce(tl.where((b_w > 0.0) & (b_c > target), o, 0x7FFFFFFF), 0, _MIN)
-        res = tl.where(first < 0x7FFFFFFF, first, tl.reduce(tl.where(b_w > 0.0, o, -1), 0, _MAX))
-    return res
-
-
-@triton.jit
-def _weights_above(p_row, n, t0, t1, m, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
-    """One pass: (count, weight) of the elements with key > t0 and with key > t1. Per-lane
-    accumulators, reduced once at the end (no cross-warp reduction inside the loop)."""
+def _search_row(p_xr, m_r, n, m, lo, hi, target, active, COUNT: tl.constexpr, IS_LOGITS: tl.constexpr,
+                BLOCK: tl.constexpr, P: tl.constexpr):
+    """``_search_block`` with f streamed over whole rows (the fallback when the bracket failed)."""
     o_b = tl.arange(0, BLOCK)
-    b_c0 = tl.zeros([BLOCK], dtype=tl.int32)
-    b_c1 = tl.zeros([BLOCK], dtype=tl.int32)
-    b_w0 = tl.zeros([BLOCK], dtype=tl.float32)
-    b_w1 = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in tl.range(0, n, BLOCK, num_stages=STREAM_STAGES):
-        o = start + o_b
-        m_o = o < n
-        b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32)
-        b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
-        b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
-        if IS_LOGITS:  # _weight, inlined
-            b_w = tl.exp(b_x - m)
+    act = active & (lo < hi)
+    while tl.reduce(act.to(tl.int32), 0, _MAX) > 0:
+        b_piv = _pivots(lo, hi, P)
+        b_piv32 = b_piv.to(tl.int32)
+        b_f = tl.zeros(b_piv.shape, tl.float32)
+        b_above = tl.full(b_piv.shape, _KEY_MAX, tl.int32)
+        b_below = tl.full(b_piv.shape, _KEY_MIN, tl.int32)
+        for start in range(0, n, BLOCK):
+            o = start + o_b
+            b_mo = act[:, None] & (o < n)[None, :]
+            b_x = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0).to(tl.float32)
+            b_w = _weight(b_x, m[:, None], IS_LOGITS)
+            f, above, below = _f_above(_key(b_x), b_w, b_mo, b_piv32, COUNT)
+            b_f += f
+            b_above = tl.minimum(b_above, above)
+            b_below = tl.maximum(b_below, below)
+        lo, hi = _narrow(lo, hi, b_piv, b_f, b_above, b_below, target, target * 0.0, act)
+        act = act & (lo < hi)
+    return lo
+
+
+@triton.jit
+def _mass_row(p_xr, n, thr, m, active, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
+    """Weight of the elements with key >= thr, streamed over whole rows."""
+    o_b = tl.arange(0, BLOCK)
+    b_s = tl.zeros([thr.shape[0], BLOCK], tl.float32)
+    if tl.reduce(active.to(tl.int32), 0, _MAX) > 0:
+        for start in range(0, n, BLOCK):
+            o = start + o_b
+            b_mo = active[:, None] & (o < n)[None, :]
+            b_x = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0).to(tl.float32)
+            b_keep = b_mo & (_key(b_x) >= thr[:, None])
+            b_s += tl.where(b_keep, _weight(b_x, m[:, None], IS_LOGITS), 0.0)
+    return tl.reduce(b_s, 1, _SUM)
+
+
+@triton.jit
+def _pick_rows(p_xr, start, end, thr, m, target, run0, active, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
+    """Per row, the first index in [start, end) with key >= thr and positive weight whose running
+    weight (from run0) exceeds target; the last such index if rounding leaves none; -1 if the range
+    has no positive weight. Also returns the running weight at the end of the scan (the total of
+    the range for rows that did not hit) and whether the target was passed.
+
+    Two levels: block sums (one reduction a block) find the block where the running weight passes
+    target, and only that block is prefix-scanned (a scan costs several reductions)."""
+    o_b = tl.arange(0, BLOCK)
+    run = run0
+    hit = tl.full(run0.shape, -1, tl.int64)
+    hit_run = run0
+    last = tl.full(run0.shape, -1, tl.int64)
+    last_run = run0
+    length = end - start
+    it = 0
+    go = active & (length > 0)
+    while tl.reduce(go.to(tl.int32), 0, _MAX) > 0:
+        o = start[:, None] + it + o_b[None, :]
+        b_mo = go[:, None] & (o < end[:, None])
+        b_x = tl.load(p_xr + o, mask=b_mo, other=0.0).to(tl.float32)
+        b_w = _weight(b_x, m[:, None], IS_LOGITS)
+        b_w = tl.where(b_mo & (_key(b_x) >= thr[:, None]) & (b_w > 0.0), b_w, 0.0)
+        s = tl.reduce(b_w, 1, _SUM)
+        now = go & (run + s > target)
+        hit = tl.where(now, start + it, hit)
+        hit_run = tl.where(now, run, hit_run)
+        pos = go & (s > 0.0)
+        last = tl.where(pos, start + it, last)
+        last_run = tl.where(pos, run, last_run)
+        run = tl.where(go, run + s, run)
+        it += BLOCK
+        go = go & (now == 0) & (it < length)
+    blk = tl.where(hit >= 0, hit, last)
+    brun = tl.where(hit >= 0, hit_run, last_run)
+    o = blk[:, None] + o_b[None, :]
+    b_mo = (active & (blk >= 0))[:, None] & (o < end[:, None])
+    b_x = tl.load(p_xr + o, mask=b_mo, other=0.0).to(tl.float32)
+    b_w = _weight(b_x, m[:, None], IS_LOGITS)
+    b_keep = b_mo & (_key(b_x) >= thr[:, None]) & (b_w > 0.0)
+    b_c = tl.associative_scan(tl.where(b_keep, b_w, 0.0), 1, _SUM) + brun[:, None]
+    first = tl.reduce(tl.where(b_keep & (b_c > target[:, None]), o, 2**62), 1, _MIN)
+    res = tl.where(first < 2**62, first, tl.reduce(tl.where(b_keep, o, -1), 1, _MAX))
+    return res, run, hit >= 0
+
+
+@triton.jit
+def _at(b_vals, b_sel):
+    """b_vals[b_sel] for a 1-D block (0 where b_sel is out of range)."""
+    o = tl.arange(0, b_vals.shape[0])
+    return tl.reduce(tl.where(o == b_sel, b_vals, 0), 0, _SUM)
+
+
+@triton.jit
+def _rank_bounds(b_edge, b_cnt, r_lo, r_hi, BINS: tl.constexpr):
+    """(t_lo, t_hi) int64: the last bin edge with sample count at or above >= r_lo
+    (KEY_MIN when none) and the first with count < r_hi (KEY_MAX when none or r_hi < 1)."""
+    o = tl.arange(0, BINS)
+    g_lo = tl.reduce(tl.where(b_cnt >= r_lo, o, -1), 0, _MAX)
+    g_hi = tl.reduce(tl.where(b_cnt < r_hi, o, BINS), 0, _MIN)
+    t_lo = tl.where(g_lo >= 0, _at(b_edge, g_lo).to(tl.int64), _KEY_MIN)
+    t_hi = tl.where((g_hi < BINS) & (r_hi >= 1.0), _at(b_edge, g_hi).to(tl.int64), _KEY_MAX)
+    return t_lo, t_hi
+
+
+@triton.jit
+def _sample_bracket(p_xr, n, k, tp, mp, k_on, p_on, m_on, k_first, cap, bracket_ok,
+                    IS_LOGITS: tl.constexpr, CLIP: tl.constexpr, SAMPLE: tl.constexpr, BINS: tl.constexpr):
+    """``_estimate`` for one row ([1] tensors) longer than the sample; works on scalars."""
+    k = tl.reduce(k, 0, _SUM)
+    tp = tl.reduce(tp, 0, _SUM)
+    mp = tl.reduce(mp, 0, _SUM)
+    k_on = tl.reduce(k_on.to(tl.int32), 0, _MAX) != 0
+    p_on = tl.reduce(p_on.to(tl.int32), 0, _MAX) != 0
+    m_on = tl.reduce(m_on.to(tl.int32), 0, _MAX) != 0
+    k_first = tl.reduce(k_first.to(tl.int32), 0, _MAX) != 0
+    bracket_ok = tl.reduce(bracket_ok.to(tl.int32), 0, _MAX) != 0
+    SEG: tl.constexpr = SAMPLE // 16
+    o_s = tl.arange(0, SAMPLE)
+    o = (o_s // SEG) * (n // 16) + (o_s % SEG)
+    b_m = o < n
+    b_x = tl.reshape(tl.load(p_xr + o[None, :], mask=b_m[None, :], other=0.0), [SAMPLE]).to(tl.float32)
+    b_k = _key(b_x)
+    if IS_LOGITS:  # grid coordinate linear in log-weight: the logit itself, or the key of a probability
+        b_c = b_x
+        mx = tl.reduce(tl.where(b_m, b_x, float("-inf")), 0, _MAX)
+        b_w = tl.where(b_m, tl.exp(b_x - mx), 0.0)
+        span = 16.6  # e^-16.6 = 2^-24
+    else:
+        b_c = b_k.to(tl.float32)
+        b_w = tl.where(b_m, tl.maximum(b_x, 0.0), 0.0)
+        span = 24.0 * 8388608.0  # 24 octaves of float32 keys
+    b_pos = b_m & (b_w > 0.0)
+    cmax = tl.reduce(tl.where(b_pos, b_c, float("-inf")), 0, _MAX)
+    cmax = tl.where(cmax > float("-inf"), cmax, 0.0)
+    cmin = tl.reduce(tl.where(b_pos, b_c, float("inf")), 0, _MIN)
+    if CLIP:
+        cmin = tl.maximum(cmin, cmax - span)
+    cmin = tl.minimum(cmin, cmax)
+    step = tl.maximum((cmax - cmin) / BINS, 1e-30)
+    b_bin = tl.minimum(((b_c - cmin) / step).to(tl.int32), BINS - 1)
+    b_hist = tl.histogram(b_bin, BINS, mask=b_m & (b_c >= cmin))
+    o_g = tl.arange(0, BINS)
+    b_lo_c = cmin + o_g.to(tl.float32) * step  # lower bin edges
+    if IS_LOGITS:
+        b_edge = _key(b_lo_c)
+        b_wmid = tl.exp(b_lo_c + 0.5 * step - mx)
+    else:
+        b_edge = b_lo_c.to(tl.int32)
+        b_wmid = _value((b_lo_c + 0.5 * step).to(tl.int32))
+    # sample count at or above each edge: the top-k set's sample rank is k * SAMPLE / n
+    b_cnt = tl.associative_scan(b_hist, 0, _SUM, reverse=True).to(tl.float32)
+    f = n.to(tl.float32) / SAMPLE
+    r_k = k.to(tl.float32) / f
+    t_lo, t_hi = _rank_bounds(b_edge, b_cnt, r_k + 3.0 * tl.sqrt(r_k) + 3.0, r_k - 3.0 * tl.sqrt(r_k) - 3.0, BINS)
+    if p_on & (k_on == 0):
+        b_hw = b_hist.to(tl.float32) * b_wmid
+        if IS_LOGITS:
+            # the sample's top-p set lies between two edges; rank margins as for top-k
+            b_wt = tl.associative_scan(b_hw, 0, _SUM, reverse=True)
+            g_p = tl.reduce(tl.where((b_wt >= tp * tl.reduce(b_hw, 0, _SUM)) & (b_wt > 0.0), o_g, 0), 0, _MAX)
+            r_lo = _at(b_cnt, g_p)
+            r_hi = _at(b_cnt, g_p + 1)
+            t_lo, t_hi = _rank_bounds(b_edge, b_cnt, r_lo + 3.0 * tl.sqrt(r_lo) + 3.0, r_hi - 3.0 * tl.sqrt(r_hi) - 3.0,
+                                      BINS)
         else:
-            b_w = tl.maximum(b_x, 0.0)
-        b_gt0 = m_o & (b_k > t0)
-        b_gt1 = m_o & (b_k > t1)
-        b_c0 += b_gt0.to(tl.int32)
-        b_c1 += b_gt1.to(tl.int32)
-        b_w0 += tl.where(b_gt0, b_w, 0.0)
-        b_w1 += tl.where(b_gt1, b_w, 0.0)
-    return (tl.reduce(b_c0, 0, _SUM), tl.reduce(b_w0, 0, _SUM),
-            tl.reduce(b_c1, 0, _SUM), tl.reduce(b_w1, 0, _SUM))
+            # rows sum to 1, so s* is where the mass below reaches 1 - top_p: the many light entries
+            # below it make the sample estimate it well; 3 standard errors (sum of sampled
+            # weights) and 3% (bin-centre weights) of margin on either side
+            b_below = (tl.associative_scan(b_hw, 0, _SUM) - b_hw) * f
+            b_se = tl.sqrt(tl.associative_scan(b_hw * b_wmid, 0, _SUM) - b_hw * b_wmid) * f
+            b_err = 3.0 * b_se + 0.03 * b_below
+            g_lo = tl.reduce(tl.where(b_below + b_err <= 1.0 - tp, o_g, 0), 0, _MAX)
+            g_hi = tl.reduce(tl.where(b_below - b_err > 1.0 - tp, o_g, BINS), 0, _MIN)
+            t_lo = _at(b_edge, g_lo).to(tl.int64)
+            t_hi = tl.where(g_hi < BINS, _at(b_edge, g_hi).to(tl.int64), _KEY_MAX)
+    # two filters: t_lo bounds the top-k threshold, hence s* (joint: the max; top_k_first: within
+    # the top-k set); everything above it is collected
+    t_hi = tl.where(k_on & p_on, _KEY_MAX, t_hi)
+    if not IS_LOGITS:  # min-p: s* = key(min_p * row max) >= key(min_p * sample max)
+        t_m = _key(mp * tl.reduce(tl.where(b_m, b_x, 0.0), 0, _MAX)).to(tl.int64)
+        t_lo = tl.where(m_on, tl.where(k_on | p_on, tl.maximum(t_lo, t_m), t_m), t_lo)
+        t_hi = tl.where(m_on, _KEY_MAX, t_hi)
+    above = tl.reduce(tl.where(b_m & (b_k.to(tl.int64) >= t_lo), 1.0, 0.0), 0, _SUM) * f
+    one = tl.zeros([1], tl.int64)
+    return one + t_lo, one + tl.where(bracket_ok & (above > 0.5 * cap), t_hi, _KEY_MAX)
 
 
-@triton.jit(do_not_specialize=["n", "top_k_val", "top_p_val", "min_p_val", "k_mode", "p_mode", "minp_mode",
-                               "joint"])
-def sample_kernel(
-    p_x, p_idx, p_topk, p_topp, p_minp, p_u, p_out, p_valid,
-    stride_x, n,
-    top_k_val, top_p_val, min_p_val,
-    k_mode, p_mode, minp_mode, joint,
-    HAS_INDICES: tl.constexpr, IS_LOGITS: tl.constexpr,
-    BLOCK: tl.constexpr, SEARCH_BLOCK: tl.constexpr, PIVOTS: tl.constexpr,
+@triton.jit
+def _estimate(p_xr, n, k, tp, mp, k_on, p_on, m_on, k_first, cap, bracket_ok,
+              IS_LOGITS: tl.constexpr, CLIP: tl.constexpr, SAMPLE: tl.constexpr, BINS: tl.constexpr):
+    """Bracket [t_lo, t_hi) (int64 keys per row) around the kept-set threshold s*: t_lo is a
+    likely lower bound of s*, t_hi a likely upper bound (KEY_MAX: none, collect everything
+    >= t_lo). Rows without a filter get the empty bracket [KEY_MAX, KEY_MAX); rows that fit whole
+    (at most SAMPLE and ``cap`` elements; always so for configs of more than one row a program)
+    collect everything.
+
+    Longer rows: a sample of 16 spread segments (SAMPLE elements) is histogrammed into BINS bins
+    linear in log-weight (the logit for logits, the float32 key of a probability) over its top 24
+    octaves (the whole range for count-only ops: CLIP False). From the counts (and bin-centre
+    weights) at or above each bin edge: the sample rank of the top-k set is k * SAMPLE / n; the
+    sample's top-p set lies between two edges. Poisson margins (3 sqrt(r) + 3) on those ranks
+    give t_lo and t_hi. With two filters t_hi is KEY_MAX (everything >= t_lo is collected) and
+    the joint order also raises t_lo to the top-p bound. A bracket (t_hi < KEY_MAX) is kept only
+    where everything >= t_lo would likely not fit in ``cap``."""
+    on = k_on | p_on | m_on
+    t_lo = tl.full(k.shape, _KEY_MIN, tl.int64)
+    t_hi = tl.full(k.shape, _KEY_MAX, tl.int64)
+    if k.shape[0] == 1:
+        if ((n > SAMPLE) | (n > cap)) & (tl.reduce(on.to(tl.int32), 0, _MAX) > 0):
+            t_lo, t_hi = _sample_bracket(p_xr, n, k, tp, mp, k_on, p_on, m_on, k_first, cap, bracket_ok,
+                                         IS_LOGITS, CLIP, SAMPLE, BINS)
+    return tl.where(on, t_lo, _KEY_MAX), tl.where(on, t_hi, _KEY_MAX)
+
+
+@triton.jit
+def _op_filters(OP: tl.constexpr, IS_LOGITS: tl.constexpr, k_on, p_on, m_on):
+    """The filters each op can have: renorm has k or p, mask and top_k only k, min-p only on probs."""
+    off = k_on & (k_on == 0)
+    if OP == _OP_MASK or OP == _OP_TOPK:
+        p_on = off
+        m_on = off
+    if OP == _OP_RENORM or IS_LOGITS:
+        m_on = off
+    return k_on, p_on, m_on
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["n", "batch", "chunk", "region", "has_idx", "top_k_val", "top_p_val", "min_p_val",
+                               "mode_k", "mode_p", "mode_m", "joint", "spec_write", "bracket"])
+def sample_pass_kernel(
+    p_x, p_idx, p_topk, p_topp, p_minp, p_out, p_pi, p_pf, p_ck, p_ci,
+    stride_x, stride_o, n, batch, chunk, region, has_idx,
+    top_k_val, top_p_val, min_p_val, mode_k, mode_p, mode_m, joint, spec_write, bracket,
+    OP: tl.constexpr, IS_LOGITS: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, SAMPLE: tl.constexpr,
+    BINS: tl.constexpr, CAP: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """out[i] = a sample from row ``indices[i]`` (or i) of x restricted to the kept set S.
-
-    ``*_mode``: 0 filter off, 1 scalar value, 2 per-output array. S = {key >= s*}: the top-k set
-    (``count(key > v) < k``), the top-p set (``weight(key > v) < top_p * base``, or 0), the min-p
-    set (``w >= min_p * max w``), intersected. base = total weight for logits, 1 for probs; with
-    top-k on and ``joint == 0`` (FlashInfer's "top_k_first") the top-k threshold is searched
-    exactly first and top-p is taken relative to the top-k mass. valid[i] = kept weight > 0.
-
-    Rejection with two pivots (FlashInfer's scheme, on order keys): sample j from the candidates
-    C = {key >= lo} (C always contains S), then one pass counts (weight, count) above key(j) and
-    above the midpoint pivot p1 of (key(j), hi]. j in S: done (a sample from C conditioned on S
-    is a sample from S). Otherwise every key <= key(j) is out, and p1 either moves lo past it or
-    becomes the new upper bound hi of s*; [lo, hi] halves per rejected round, so a row ends in
-    at most ~32 rounds and usually in 1-3. Round r > 0 draws its uniform with Philox from a seed
-    given per row (u[i, 1]), so a row's result depends only on its two uniforms."""
+    """Program (g, c): output rows g*ROWS.. of input rows ``indices[i]`` (or i), chunk c of the
+    vocabulary. Writes the chunk partials (``_NUM_IPART`` ints, ``_NUM_FPART`` floats per row and
+    chunk), the bracket's candidates (key, index) into region (row, c) of ``region`` entries,
+    and for the filters their speculative output (``spec_write``; mask: x where key >= t_lo,
+    else -inf; renorm: 0). ``bracket`` 0 collects everything >= t_lo (top_k needs every kept
+    element). OP_TOPK runs this kernel as OP_MASK without the write. See the module docstring."""
+    NEED_W: tl.constexpr = OP == _OP_SAMPLE or OP == _OP_RENORM
     top_p_val = tl.cast(top_p_val, tl.float32)
     min_p_val = tl.cast(min_p_val, tl.float32)
-    pid = tl.program_id(0)
-    if HAS_INDICES:
-        row = tl.load(p_idx + pid).to(tl.int64)
-    else:
-        row = pid.to(tl.int64)
-    p_row = p_x + row * stride_x
-    k = top_k_val
-    if k_mode == 2:
-        k = tl.load(p_topk + pid)
-    k_on = (k_mode != 0) & (k > 0) & (k < n)
-    tp = top_p_val
-    if p_mode == 2:
-        tp = tl.load(p_topp + pid).to(tl.float32)
-    p_on = (p_mode != 0) & (tp < 1.0)
-    k_first = k_on & p_on & (joint == 0)
-    # One statistics pass: the exact total (unnormalized rows sample correctly) and the max key,
-    # the first upper bound of the threshold (measured: cheaper than the extra rounds without it).
-    key_lo, key_hi, m, total = _row_stats(p_row, n, IS_LOGITS, BLOCK)
-    target = tp * tl.where(IS_LOGITS, total, 1.0)
-    lo = key_lo
-    if k_first:
-        # "top_k_first": top-p over the renormalized top-k set, so the top-k mass is needed first
-        lo = _search(p_row, n, key_lo, key_hi, k, m, True, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
-        target = tp * _mass_above(p_row, n, lo, m, IS_LOGITS, BLOCK)
-    k_on = k_on & (k_first == 0)
-    if minp_mode != 0:
-        mp = min_p_val
-        if minp_mode == 2:
-            mp = tl.load(p_minp + pid).to(tl.float32)
-        lo = tl.maximum(lo, _order_key(mp * _weight(m, m, IS_LOGITS)).to(tl.int64))
-    if lo == key_lo:
-        mass = total
-    else:
-        mass = _mass_above(p_row, n, lo, m, IS_LOGITS, BLOCK)
-    u = tl.load(p_u + pid * 2).to(tl.float32)
-    seed = tl.load(p_u + pid * 2 + 1).to(tl.int32, bitcast=True)
-    res = _pick(p_row, n, lo, m, u * mass, IS_LOGITS, BLOCK)
-    valid = (res >= 0) & (mass > 0.0)
-    hi = key_hi
-    rnd = 0
-    done = ((valid == 0) | ((k_on == 0) & (p_on == 0))).to(tl.int32)
-    while done == 0:
-        xv = tl.load(p_row + res).to(tl.float32)
-        v = tl.where(xv == 0.0, 0.0, xv).to(tl.int32, bitcast=True)
-        v = tl.where(v < 0, v ^ 0x7FFFFFFF, v).to(tl.int64)  # _order_key, inlined
-        p1 = v + 1 + ((hi - v - 1) >> 1)  # hi > v whenever v is out (v < s* <= hi)
-        c0, w0, c1, w1 = _weights_above(p_row, n, v, p1, m, IS_LOGITS, BLOCK)
-        out0 = (k_on & (c0 >= k)) | (p_on & (w0 >= target) & (w0 > 0.0))
-        if out0:
-            out1 = (k_on & (c1 >= k)) | (p_on & (w1 >= target) & (w1 > 0.0))
-            if out1:
-                lo = p1 + 1
-                mass = w1
+    pid_c = tl.program_id(1)
+    nsplit = tl.num_programs(1)
+    o_r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    m_r = o_r < batch
+    row = o_r.to(tl.int64)
+    if has_idx:
+        row = tl.load(p_idx + o_r, mask=m_r, other=0).to(tl.int64)
+    p_xr = p_x + row[:, None] * stride_x
+    k, tp, mp, k_on, p_on, m_on = _row_params(o_r, m_r, n, p_topk, p_topp, p_minp, top_k_val, top_p_val, min_p_val,
+                                              mode_k, mode_p, mode_m)
+    k_on, p_on, m_on = _op_filters(OP, IS_LOGITS, k_on, p_on, m_on)
+    t_lo, t_hi = _estimate(p_xr, n, k, tp, mp, k_on, p_on, m_on, k_on & p_on & ((o_r * 0 + joint) == 0), CAP,
+                           (o_r * 0 + bracket) != 0, IS_LOGITS or not NEED_W, NEED_W, SAMPLE, BINS)
+    t_lo32 = t_lo.to(tl.int32)
+    t_wr = tl.where(k_on, t_lo32, _KEY_MIN)  # mask: rows without a filter keep everything
+    t_fix = (k_on | p_on) & (t_hi == _KEY_MAX)  # renorm: rows that only need their candidates fixed up
+    t_hi32 = t_hi.to(tl.int32)
+    rg = o_r.to(tl.int64) * nsplit + pid_c  # this program's region / partials slot per row
+    p_or = p_out + o_r[:, None].to(tl.int64) * stride_o
+    b_kmin = tl.full([ROWS, BLOCK], _KEY_MAX, tl.int32)
+    b_kmax = tl.full([ROWS, BLOCK], _KEY_MIN, tl.int32)
+    b_clo = tl.zeros([ROWS, BLOCK], tl.int32)
+    b_chi = tl.zeros([ROWS, BLOCK], tl.int32)
+    b_m = tl.full([ROWS, BLOCK], float("-inf"), tl.float32)
+    b_s = tl.zeros([ROWS, BLOCK], tl.float32)
+    b_wlo = tl.zeros([ROWS, BLOCK], tl.float32)
+    b_whi = tl.zeros([ROWS, BLOCK], tl.float32)
+    base = tl.zeros([ROWS], tl.int32)
+    o_b = tl.arange(0, BLOCK)
+    start0 = pid_c * chunk
+    end = tl.minimum(start0 + chunk, n)
+    for start in tl.range(start0, end, BLOCK, num_stages=STAGES):
+        o = start + o_b
+        b_mo = m_r[:, None] & (o < end)[None, :]
+        b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
+        b_x = b_raw.to(tl.float32)
+        b_k = _key(b_x)
+        b_kmin = tl.minimum(b_kmin, tl.where(b_mo, b_k, _KEY_MAX))
+        b_kmax = tl.maximum(b_kmax, tl.where(b_mo, b_k, _KEY_MIN))
+        b_lo = b_mo & (b_k >= t_lo32[:, None])
+        b_hi = b_mo & (b_k >= t_hi32[:, None])
+        b_clo += b_lo.to(tl.int32)
+        b_chi += b_hi.to(tl.int32)
+        if NEED_W:
+            if IS_LOGITS:  # online softmax per lane
+                b_mn = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
+                b_safe = tl.where(b_mn == float("-inf"), 0.0, b_mn)
+                b_sc = tl.exp(b_m - b_safe)
+                b_e = tl.where(b_mo, tl.exp(b_x - b_safe), 0.0)
+                b_s = b_s * b_sc + b_e
+                b_wlo = b_wlo * b_sc + tl.where(b_lo, b_e, 0.0)
+                b_whi = b_whi * b_sc + tl.where(b_hi, b_e, 0.0)
+                b_m = b_mn
             else:
-                lo = v + 1
-                hi = p1
-                mass = w0
-            rnd += 1
-            u = tl.rand(seed, rnd)
-            res = _pick(p_row, n, lo, m, u * mass, IS_LOGITS, BLOCK)
+                b_m = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
+                b_e = tl.where(b_mo, tl.maximum(b_x, 0.0), 0.0)
+                b_s += b_e
+                b_wlo += tl.where(b_lo, b_e, 0.0)
+                b_whi += tl.where(b_hi, b_e, 0.0)
+        b_cand = (b_lo & (b_hi == 0)).to(tl.int32)
+        n_cand = tl.reduce(b_cand, 1, _SUM)
+        if tl.reduce(n_cand, 0, _MAX) > 0:
+            b_pos = tl.associative_scan(b_cand, 1, _SUM) - 1 + base[:, None]
+            b_st = (b_cand > 0) & (b_pos < region)
+            p_c = rg[:, None] * region + b_pos
+            tl.store(p_ck + p_c, b_k, mask=b_st)
+            tl.store(p_ci + p_c, o[None, :] + b_pos * 0, mask=b_st)
+            base += n_cand
+        if OP == _OP_MASK:
+            if spec_write:
+                b_y = tl.where(b_k >= t_wr[:, None], b_raw, float("-inf"))
+                tl.store(p_or + o[None, :], b_y.to(p_out.dtype.element_ty), mask=b_mo)
+        if OP == _OP_RENORM:  # zeros where the resolve only fixes up candidates; other rows get rewritten
+            tl.store(p_or + o[None, :], tl.zeros([ROWS, BLOCK], p_out.dtype.element_ty), mask=b_mo & t_fix[:, None])
+    p_i = p_pi + rg * _NUM_IPART
+    tl.store(p_i + 0, tl.reduce(b_kmin, 1, _MIN), mask=m_r)
+    tl.store(p_i + 1, tl.reduce(b_kmax, 1, _MAX), mask=m_r)
+    tl.store(p_i + 2, tl.reduce(b_clo, 1, _SUM), mask=m_r)
+    tl.store(p_i + 3, tl.reduce(b_chi, 1, _SUM), mask=m_r)
+    tl.store(p_i + 4, t_lo32, mask=m_r)
+    tl.store(p_i + 5, t_hi32, mask=m_r)
+    if NEED_W:
+        mx = tl.reduce(b_m, 1, _MAX)
+        if IS_LOGITS:
+            b_sc = tl.exp(b_m - tl.where(mx == float("-inf"), 0.0, mx)[:, None])
         else:
-            done = 1
-    tl.store(p_out + pid, tl.maximum(res, 0).to(p_out.dtype.element_ty))
-    tl.store(p_valid + pid, valid)
+            b_sc = tl.full([ROWS, BLOCK], 1.0, tl.float32)
+        p_f = p_pf + rg * _NUM_FPART
+        tl.store(p_f + 0, mx, mask=m_r)
+        tl.store(p_f + 1, tl.reduce(b_s * b_sc, 1, _SUM), mask=m_r)
+        tl.store(p_f + 2, tl.reduce(b_wlo * b_sc, 1, _SUM), mask=m_r)
+        tl.store(p_f + 3, tl.reduce(b_whi * b_sc, 1, _SUM), mask=m_r)
 
 
-@triton.jit(do_not_specialize=["n", "top_k_val", "top_p_val", "k_mode", "p_mode"])
-def filter_kernel(
-    p_x, p_out, p_topk, p_topp,
-    stride_x, stride_o, n,
-    top_k_val, top_p_val, k_mode, p_mode,
-    MODE: tl.constexpr, BLOCK: tl.constexpr, SEARCH_BLOCK: tl.constexpr, PIVOTS: tl.constexpr,
+@triton.jit
+def _write_rows(p_xr, p_or, o_r, start0, end, thr, inv, active, OP: tl.constexpr, ROWS: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """Filter output over [start0, end) of the active rows: key >= thr keeps x (mask) or
+    max(x, 0) * inv (renorm); the rest is -inf (mask) or 0 (renorm)."""
+    o_b = tl.arange(0, BLOCK)
+    if tl.reduce(active.to(tl.int32), 0, _MAX) > 0:
+        for start in range(start0, end, BLOCK):
+            o = start + o_b
+            b_mo = active[:, None] & (o < end)[None, :]
+            b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
+            b_x = b_raw.to(tl.float32)
+            b_keep = _key(b_x).to(tl.int64) >= thr[:, None]
+            if OP == _OP_MASK:
+                b_y = tl.where(b_keep, b_raw, float("-inf"))
+            else:
+                b_y = tl.where(b_keep, tl.maximum(b_x, 0.0) * inv[:, None], 0.0)
+            tl.store(p_or + o[None, :], b_y.to(p_or.dtype.element_ty), mask=b_mo)
+
+
+@triton.jit
+def _topk_rows(p_xr, p_vr, p_ir, n, k, thr, tie_large, active, BLOCK: tl.constexpr):
+    """top_k output of the active rows by streaming: every element with key > thr in index order,
+    then the ties key == thr (the first ones in index order, or the last ones with tie_large)."""
+    o_b = tl.arange(0, BLOCK)
+    if tl.reduce(active.to(tl.int32), 0, _MAX) > 0:
+        n_gt = tl.zeros(thr.shape, tl.int32)
+        n_eq = tl.zeros(thr.shape, tl.int32)
+        for start in range(0, n, BLOCK):
+            o = start + o_b
+            b_mo = active[:, None] & (o < n)[None, :]
+            b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
+            b_k = _key(b_raw.to(tl.float32)).to(tl.int64)
+            b_gt = (b_mo & (b_k > thr[:, None])).to(tl.int32)
+            b_pos = tl.associative_scan(b_gt, 1, _SUM) - 1 + n_gt[:, None]
+            b_st = (b_gt > 0) & (b_pos < k)
+            tl.store(p_vr + b_pos, b_raw, mask=b_st)
+            tl.store(p_ir + b_pos, (o[None, :] + b_pos * 0).to(tl.int64), mask=b_st)
+            n_gt += tl.reduce(b_gt, 1, _SUM)
+            n_eq += tl.reduce((b_mo & (b_k == thr[:, None])).to(tl.int32), 1, _SUM)
+        need = k - n_gt
+        skip = tl.where(tie_large != 0, n_eq - need, 0)
+        seen = tl.zeros(thr.shape, tl.int32)
+        for start in range(0, n, BLOCK):
+            o = start + o_b
+            b_mo = active[:, None] & (o < n)[None, :]
+            b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
+            b_eq = (b_mo & (_key(b_raw.to(tl.float32)).to(tl.int64) == thr[:, None])).to(tl.int32)
+            b_t = tl.associative_scan(b_eq, 1, _SUM) - 1 + seen[:, None] - skip[:, None]
+            b_st = (b_eq > 0) & (b_t >= 0) & (b_t < need[:, None])
+            b_pos = n_gt[:, None] + b_t
+            tl.store(p_vr + b_pos, b_raw, mask=b_st)
+            tl.store(p_ir + b_pos, (o[None, :] + b_pos * 0).to(tl.int64), mask=b_st)
+            seen += tl.reduce(b_eq, 1, _SUM)
+
+
+@triton.jit(do_not_specialize=["n", "batch", "chunk", "region", "nsplit", "has_idx", "top_k_val", "top_p_val",
+                               "min_p_val", "mode_k", "mode_p", "mode_m", "joint", "full_here", "tie_large",
+                               "u_stride", "seed_val", "off_val", "seed_stride", "off_stride", "rng_mode"])
+def sample_resolve_kernel(
+    p_x, p_idx, p_topk, p_topp, p_minp, p_out, p_aux, p_pi, p_pf, p_ck, p_ci, p_state, p_u, p_seed, p_off,
+    stride_x, stride_o, n, batch, chunk, region, nsplit, has_idx,
+    top_k_val, top_p_val, min_p_val, mode_k, mode_p, mode_m, joint, full_here, tie_large,
+    u_stride, seed_val, off_val, seed_stride, off_stride, rng_mode,
+    OP: tl.constexpr, IS_LOGITS: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, CAP: tl.constexpr,
+    SPLIT_BLOCK: tl.constexpr, PIVOTS: tl.constexpr, SEARCH_BLOCK: tl.constexpr,
 ):
-    """MODE 0 (top-k renorm) / 1 (top-p renorm): out = x / kept mass where key(x) >= thr, else 0.
-    MODE 2 (top-k mask): out = x where key(x) >= thr, else -inf. ``*_mode`` as in sample_kernel."""
-    IS_LOGITS: tl.constexpr = MODE == 2
+    """One program per ROWS output rows: exact threshold s*, then (OP_SAMPLE) the sample into
+    ``p_out`` (int32) and its validity into ``p_aux`` (bool); (OP_RENORM / OP_MASK) the output
+    fix-up by scatter, and the whole row (``full_here``) or the apply kernel's state; (OP_TOPK)
+    values into ``p_out`` and int64 indices into ``p_aux``, rows of ``top_k_val``. ``p_state``
+    (``NUM_STATE`` ints a row): rewrite the row, s*, 1 / mass (float bits), the ``PATH_*`` taken.
+    See the module docstring."""
+    NEED_W: tl.constexpr = OP == _OP_SAMPLE or OP == _OP_RENORM
     top_p_val = tl.cast(top_p_val, tl.float32)
-    pid = tl.program_id(0)
-    p_row = p_x + pid.to(tl.int64) * stride_x
-    p_orow = p_out + pid.to(tl.int64) * stride_o
-    key_lo, key_hi, m, total = _row_stats(p_row, n, IS_LOGITS, BLOCK)
-    thr = key_lo
-    if MODE == 1:
-        tp = top_p_val
-        if p_mode == 2:
-            tp = tl.load(p_topp + pid).to(tl.float32)
-        if tp < 1.0:
-            thr = _search(p_row, n, key_lo, key_hi, tp, m, False, False, SEARCH_BLOCK, PIVOTS)
-    else:
-        k = top_k_val
-        if k_mode == 2:
-            k = tl.load(p_topk + pid)
-        if (k > 0) & (k < n):
-            thr = _search(p_row, n, key_lo, key_hi, k, m, True, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
-    if MODE != 2:
-        if thr == key_lo:
-            s = total
+    min_p_val = tl.cast(min_p_val, tl.float32)
+    o_r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    m_r = o_r < batch
+    row = o_r.to(tl.int64)
+    if has_idx:
+        row = tl.load(p_idx + o_r, mask=m_r, other=0).to(tl.int64)
+    p_xr = p_x + row[:, None] * stride_x
+    k, tp, mp, k_on, p_on, m_on = _row_params(o_r, m_r, n, p_topk, p_topp, p_minp, top_k_val, top_p_val, min_p_val,
+                                              mode_k, mode_p, mode_m)
+    k_on, p_on, m_on = _op_filters(OP, IS_LOGITS, k_on, p_on, m_on)
+    k_first = k_on & p_on & ((o_r * 0 + joint) == 0)
+    on = k_on | p_on | m_on
+    kf = k.to(tl.float32)
+    # ---- combine the chunk partials
+    o_c = tl.arange(0, SPLIT_BLOCK)
+    b_mc = m_r[:, None] & (o_c < nsplit)[None, :]
+    p_i = p_pi + (o_r[:, None].to(tl.int64) * nsplit + o_c[None, :]) * _NUM_IPART
+    kmin = tl.reduce(tl.load(p_i + 0, mask=b_mc, other=_KEY_MAX), 1, _MIN).to(tl.int64)
+    kmax = tl.reduce(tl.load(p_i + 1, mask=b_mc, other=_KEY_MIN), 1, _MAX).to(tl.int64)
+    b_clo = tl.load(p_i + 2, mask=b_mc, other=0)
+    b_chi = tl.load(p_i + 3, mask=b_mc, other=0)
+    c_lo = tl.reduce(b_clo, 1, _SUM).to(tl.float32)
+    c_hi = tl.reduce(b_chi, 1, _SUM).to(tl.float32)
+    p_i0 = p_pi + o_r.to(tl.int64) * nsplit * _NUM_IPART
+    t_lo = tl.load(p_i0 + 4, mask=m_r, other=_KEY_MAX).to(tl.int64)
+    t_hi = tl.load(p_i0 + 5, mask=m_r, other=_KEY_MAX).to(tl.int64)
+    mx = tl.zeros([ROWS], tl.float32)
+    tot = tl.zeros([ROWS], tl.float32)
+    w_lo = tl.zeros([ROWS], tl.float32)
+    w_hi = tl.zeros([ROWS], tl.float32)
+    b_tot = tl.zeros([ROWS, SPLIT_BLOCK], tl.float32)
+    if NEED_W:
+        p_f = p_pf + (o_r[:, None].to(tl.int64) * nsplit + o_c[None, :]) * _NUM_FPART
+        b_mx = tl.load(p_f + 0, mask=b_mc, other=float("-inf"))
+        mx = tl.reduce(b_mx, 1, _MAX)
+        if IS_LOGITS:
+            b_sc = tl.where(b_mc, tl.exp(b_mx - tl.where(mx == float("-inf"), 0.0, mx)[:, None]), 0.0)
         else:
-            s = _mass_above(p_row, n, thr, m, False, BLOCK)
-        inv = tl.where(s > 0.0, 1.0 / s, 0.0)
-    o_b = tl.arange(0, BLOCK)
-    for start in range(0, n, BLOCK):
-        o = start + o_b
-        m_o = o < n
-        b_x = tl.load(p_row + o, mask=m_o, other=0.0).to(tl.float32)
-        b_k = tl.where(b_x == 0.0, 0.0, b_x).to(tl.int32, bitcast=True)
-        b_k = tl.where(b_k < 0, b_k ^ 0x7FFFFFFF, b_k)  # _order_key, inlined (see its docstring)
-        b_keep = b_k >= thr
-        if MODE == 2:
-            b_y = tl.where(b_keep, b_x, float("-inf"))
+            b_sc = tl.where(b_mc, 1.0, 0.0)
+        b_tot = tl.load(p_f + 1, mask=b_mc, other=0.0) * b_sc
+        tot = tl.reduce(b_tot, 1, _SUM)
+        w_lo = tl.reduce(tl.load(p_f + 2, mask=b_mc, other=0.0) * b_sc, 1, _SUM)
+        w_hi = tl.reduce(tl.load(p_f + 3, mask=b_mc, other=0.0) * b_sc, 1, _SUM)
+    # ---- gather the candidates (chunk regions, in chunk order: index order) into registers
+    m_cand = c_lo - c_hi
+    fits = m_cand <= CAP
+    b_cnt = tl.minimum(b_clo - b_chi, region)
+    b_end = tl.associative_scan(b_cnt, 1, _SUM)  # region ends in slot space
+    o_j = tl.arange(0, CAP)
+    b_v = m_r[:, None] & fits[:, None] & (o_j[None, :].to(tl.float32) < m_cand[:, None])
+    # slot j lies in the last region c whose start <= j (empty regions share their successor's start)
+    b_first = b_end - b_cnt
+    b_reg = tl.zeros([ROWS, CAP], tl.int32)
+    b_base = tl.zeros([ROWS, CAP], tl.int32)
+    for c in range(1, nsplit):
+        first = tl.reduce(tl.where(o_c[None, :] == c, b_first, 0), 1, _SUM)
+        b_in = o_j[None, :] >= first[:, None]
+        b_reg = tl.where(b_in, c, b_reg)
+        b_base = tl.where(b_in, first[:, None], b_base)
+    b_ent = o_j[None, :] - b_base
+    p_c = (o_r[:, None].to(tl.int64) * nsplit + b_reg) * region + b_ent
+    b_key = tl.load(p_ck + p_c, mask=b_v, other=_KEY_MIN)
+    b_idx = tl.load(p_ci + p_c, mask=b_v, other=0)
+    b_w = tl.zeros([ROWS, CAP], tl.float32)
+    if NEED_W:
+        b_w = tl.where(b_v, _weight(_value(b_key), mx[:, None], IS_LOGITS), 0.0)
+    # ---- exact thresholds among the candidates (offsets: counts / weights at or above t_hi). A
+    # threshold is found there when the bracket holds it (c_hi < k <= c_lo; w_hi < target <= w_lo).
+    # Joint order: s* is the larger threshold, so one below t_lo needs no value when the other is found.
+    hi0 = tl.minimum(t_hi - 1, kmax)
+    joint = k_on & p_on & (k_first == 0)
+    k_in = (c_hi < kf) & (c_lo >= kf)
+    s_k = _search_block(b_key, b_w, b_v, t_lo, hi0, kf - c_hi, kf * 0.0 - 1.0, k_on & fits & k_in, True, PIVOTS)
+    s_p = tl.full([ROWS], _KEY_MIN, tl.int64)
+    p_in = k_in & False
+    p_below = p_in
+    if NEED_W:
+        base = tot if IS_LOGITS else tot * 0.0 + 1.0
+        m_k = w_hi + tl.reduce(tl.where(b_v & (b_key.to(tl.int64) >= s_k[:, None]), b_w, 0.0), 1, _SUM)
+        target = tp * tl.where(k_first, m_k, base)
+        pass_lo = tl.where(k_first, k_in & (m_k > 0.0), (w_lo >= target) & (w_lo > 0.0))
+        p_in = pass_lo & ((w_hi < target) | (w_hi <= 0.0))
+        p_below = pass_lo == 0
+        s_p = _search_block(b_key, b_w, b_v, tl.where(k_first, s_k, t_lo), hi0, target - w_hi, -w_hi,
+                            p_on & fits & p_in, False, PIVOTS)
+    k_below = c_lo < kf
+    ok_k = k_in | (joint & k_below & p_in)
+    ok_p = p_in | (joint & p_below & k_in)
+    s_k = tl.where(joint & k_below, _KEY_MIN, s_k)
+    s_p = tl.where(joint & p_below, _KEY_MIN, s_p)
+    ok = fits & ((k_on == 0) | ok_k) & ((p_on == 0) | ok_p)
+    s_m = _key(mp * mx).to(tl.int64)
+    ok = ok & ((m_on == 0) | ((s_m >= t_lo) & (s_m < t_hi)))
+    thr = tl.full([ROWS], _KEY_MIN, tl.int64)
+    thr = tl.where(k_on & (k_first == 0), tl.maximum(thr, s_k), thr)
+    thr = tl.where(p_on, tl.maximum(thr, s_p), thr)
+    thr = tl.where(m_on, tl.maximum(thr, s_m), thr)
+    fast = on & ok
+    mass = tl.where(on, w_hi + tl.reduce(tl.where(b_v & (b_key.to(tl.int64) >= thr[:, None]), b_w, 0.0), 1, _SUM),
+                    tot)
+    # ---- fallback: the bisection streamed over whole rows (bracket missed or too many candidates)
+    need = on & (fast == 0)
+    path = tl.where(on, tl.where(fast, tl.where(t_hi == _KEY_MAX, 1, 2), 3), 0)
+    p_s = p_state + o_r.to(tl.int64) * _NUM_STATE
+    tl.store(p_s + 3, path, mask=m_r)
+    if OP == _OP_TOPK:
+        need = need | (m_r & (k_on == 0))
+    if tl.reduce(need.to(tl.int32), 0, _MAX) > 0:
+        s_kf = _search_row(p_xr, m_r, n, mx, kmin, kmax, kf, need & k_on, True, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
+        s_k = tl.where(need, s_kf, s_k)
+        if NEED_W:
+            m_kf = _mass_row(p_xr, n, s_k, mx, need & k_first, IS_LOGITS, BLOCK)
+            target = tp * tl.where(k_first, m_kf, tot if IS_LOGITS else tot * 0.0 + 1.0)
+            s_pf = _search_row(p_xr, m_r, n, mx, tl.where(k_first, s_k, kmin), kmax, target, need & p_on, False,
+                               IS_LOGITS, SEARCH_BLOCK, PIVOTS)
+            s_p = tl.where(need, s_pf, s_p)
+        thr_f = tl.full([ROWS], _KEY_MIN, tl.int64)
+        thr_f = tl.where(k_on & (k_first == 0), tl.maximum(thr_f, s_k), thr_f)
+        thr_f = tl.where(p_on, tl.maximum(thr_f, s_p), thr_f)
+        thr_f = tl.where(m_on, tl.maximum(thr_f, s_m), thr_f)
+        thr = tl.where(need, thr_f, thr)
+        if NEED_W:
+            mass = tl.where(need, _mass_row(p_xr, n, thr, mx, need, IS_LOGITS, BLOCK), mass)
+    # ---- outputs
+    all_in = fast & (t_hi == _KEY_MAX)  # every kept element is a candidate
+    b_kept = b_v & (b_key.to(tl.int64) >= thr[:, None])
+    if OP == _OP_SAMPLE:
+        u = _uniform(o_r, m_r, 0, p_u, u_stride, p_seed, p_off, seed_val, off_val, seed_stride, off_stride, rng_mode)
+        tau = u * mass
+        if not IS_LOGITS:  # plain probs: u against the running sum as if the row summed to 1
+            redraw = (u >= tot) & (tot < 1.0)
+            tau = tl.where(on, tau, tl.where(redraw, (u - tot) / tl.where(redraw, 1.0 - tot, 1.0) * tot, u))
+        b_kw = tl.where(b_kept & (b_w > 0.0), b_w, 0.0)
+        b_cum = tl.associative_scan(b_kw, 1, _SUM)
+        first = tl.reduce(tl.where((b_kw > 0.0) & (b_cum > tau[:, None]), o_j[None, :], CAP), 1, _MIN)
+        first = tl.where(first < CAP, first, tl.reduce(tl.where(b_kw > 0.0, o_j[None, :], -1), 1, _MAX))
+        res = tl.reduce(tl.where(o_j[None, :] == first[:, None], b_idx, 0), 1, _SUM).to(tl.int64)
+        res = tl.where(first >= 0, res, -1)
+        # streaming pick: plain rows within the chunk where the running total passes tau
+        plain = on == 0
+        b_cum_c = tl.associative_scan(b_tot, 1, _SUM)
+        c_hit = tl.reduce(tl.where(b_cum_c > tau[:, None], o_c[None, :], SPLIT_BLOCK), 1, _MIN)
+        c_hit = tl.where(c_hit < SPLIT_BLOCK, c_hit, tl.reduce(tl.where(b_tot > 0.0, o_c[None, :], 0), 1, _MAX))
+        run0 = tl.reduce(tl.where(o_c[None, :] == c_hit[:, None], b_cum_c - b_tot, 0.0), 1, _SUM)
+        start = tl.where(plain, c_hit * chunk, 0).to(tl.int64)
+        stop = tl.where(plain, tl.minimum(start + chunk, n), n).to(tl.int64)
+        pick = m_r & (all_in == 0) & (mass > 0.0)
+        res_p, _, _ = _pick_rows(p_xr, start, stop, tl.where(plain, _KEY_MIN, thr), mx, tau,
+                                 tl.where(plain, run0, 0.0), pick, IS_LOGITS, BLOCK)
+        res = tl.where(all_in, res, res_p)
+        tl.store(p_out + o_r, tl.maximum(res, 0).to(tl.int32), mask=m_r)
+        tl.store(p_aux + o_r, (res >= 0) & (mass > 0.0), mask=m_r)
+    if OP == _OP_RENORM or OP == _OP_MASK:
+        p_or = p_out + o_r[:, None].to(tl.int64) * stride_o
+        inv = tl.where(mass > 0.0, 1.0 / tl.where(mass > 0.0, mass, 1.0), 0.0)
+        if OP == _OP_RENORM:
+            fix = all_in
+            b_fix = fix[:, None] & b_v
+            b_y = tl.where(b_kept, tl.maximum(_value(b_key), 0.0) * inv[:, None], 0.0)
+            full = m_r & (fix == 0)
         else:
-            b_y = tl.where(b_keep, tl.maximum(b_x, 0.0) * inv, 0.0)
-        tl.store(p_orow + o, b_y.to(p_out.dtype.element_ty), mask=m_o)
+            fix = fast
+            b_fix = fix[:, None] & b_v & (b_kept == 0)
+            b_y = tl.full([ROWS, CAP], float("-inf"), tl.float32)
+            full = need
+        tl.store(p_or + b_idx, b_y.to(p_out.dtype.element_ty), mask=b_fix)
+        if full_here:
+            _write_rows(p_xr, p_or, o_r, 0, n, thr, inv, full, OP, ROWS, BLOCK)
+        else:
+            tl.store(p_s + 0, full.to(tl.int32), mask=m_r)
+            tl.store(p_s + 1, thr.to(tl.int32), mask=m_r)
+            tl.store(p_s + 2, inv.to(tl.int32, bitcast=True), mask=m_r)
+    if OP == _OP_TOPK:
+        # fast rows: every candidate > s*, then the ties, in index order (the last ties with tie_large)
+        kk = top_k_val
+        p_vr = p_out + o_r[:, None].to(tl.int64) * kk
+        p_ir = p_aux + o_r[:, None].to(tl.int64) * kk
+        b_gt = (b_v & (b_key.to(tl.int64) > thr[:, None])).to(tl.int32)
+        b_eq = (b_v & (b_key.to(tl.int64) == thr[:, None])).to(tl.int32)
+        n_gt = tl.reduce(b_gt, 1, _SUM)
+        need_eq = kk - n_gt
+        skip = tl.where((o_r * 0 + tie_large) != 0, tl.reduce(b_eq, 1, _SUM) - need_eq, 0)
+        b_t = tl.associative_scan(b_eq, 1, _SUM) - 1 - skip[:, None]  # ordinal among the kept ties
+        b_pos = tl.where(b_gt > 0, tl.associative_scan(b_gt, 1, _SUM) - 1, n_gt[:, None] + b_t)
+        b_st = fast[:, None] & ((b_gt > 0) | ((b_eq > 0) & (b_t >= 0) & (b_t < need_eq[:, None])))
+        b_val = tl.load(p_xr + b_idx, mask=b_st, other=0.0)
+        tl.store(p_vr + b_pos, b_val, mask=b_st)
+        tl.store(p_ir + b_pos, b_idx.to(tl.int64), mask=b_st)
+        _topk_rows(p_xr, p_vr, p_ir, n, kk, tl.where(k_on, thr, _KEY_MIN - 1), tie_large, need, BLOCK)
 
 
-@triton.jit(do_not_specialize=["n", "temp_val", "temp_mode"])
-def softmax_kernel(
-    p_x, p_out, p_temp, stride_x, stride_o, n, temp_val, temp_mode,
-    BLOCK: tl.constexpr,
+@triton.jit(do_not_specialize=["n", "batch", "chunk"])
+def filter_apply_kernel(p_x, p_out, p_state, stride_x, stride_o, n, batch, chunk,
+                        OP: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """Program (g, c): the filter output of chunk c for the rows the resolve kernel left to
+    rewrite (state: full, s*, 1 / mass)."""
+    o_r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    m_r = o_r < batch
+    p_s = p_state + o_r.to(tl.int64) * _NUM_STATE
+    full = tl.load(p_s + 0, mask=m_r, other=0) != 0
+    thr = tl.load(p_s + 1, mask=m_r, other=0).to(tl.int64)
+    inv = tl.load(p_s + 2, mask=m_r, other=0).to(tl.float32, bitcast=True)
+    start0 = tl.program_id(1) * chunk
+    _write_rows(p_x + o_r[:, None].to(tl.int64) * stride_x, p_out + o_r[:, None].to(tl.int64) * stride_o, o_r,
+                start0, tl.minimum(start0 + chunk, n), thr, inv, m_r & full, OP, ROWS, BLOCK)
+
+
+@triton.jit(do_not_specialize=["n", "batch", "has_idx", "u_stride", "seed_val", "off_val", "seed_stride",
+                               "off_stride", "rng_mode"])
+def sample_direct_kernel(
+    p_x, p_idx, p_out, p_valid, p_u, p_seed, p_off,
+    stride_x, n, batch, has_idx, u_stride, seed_val, off_val, seed_stride, off_stride, rng_mode,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """out = softmax(x / T) in float32; temp_mode 0: T = 1, 1: T = temp_val, 2: T = temp[row]."""
-    temp_val = tl.cast(temp_val, tl.float32)
-    pid = tl.program_id(0)
-    p_row = p_x + pid.to(tl.int64) * stride_x
-    p_orow = p_out + pid.to(tl.int64) * stride_o
-    t = tl.where(temp_mode == 1, temp_val, 1.0)
+    """Plain sampling from probabilities in one pass that stops at the sample: u in [0, 1) against
+    the running sum (FlashInfer's contract: rows sum to 1). A row summing to T < 1 whose u lands
+    beyond T is redrawn in a second pass with (u - T) / (1 - T) * T, so such rows are sampled
+    exactly in proportion to their entries."""
+    o_r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    m_r = o_r < batch
+    row = o_r.to(tl.int64)
+    if has_idx:
+        row = tl.load(p_idx + o_r, mask=m_r, other=0).to(tl.int64)
+    p_xr = p_x + row[:, None] * stride_x
+    u = _uniform(o_r, m_r, 0, p_u, u_stride, p_seed, p_off, seed_val, off_val, seed_stride, off_stride, rng_mode)
+    zero = tl.zeros([ROWS], tl.int64)
+    thr = zero + _KEY_MIN
+    res, tot, hit = _pick_rows(p_xr, zero, zero + n, thr, u * 0.0, u, u * 0.0, m_r, False, BLOCK)
+    redo = m_r & (hit == 0) & (tot > 0.0) & (tot < 1.0)
+    if tl.reduce(redo.to(tl.int32), 0, _MAX) > 0:
+        tau = (u - tot) / tl.where(redo, 1.0 - tot, 1.0) * tot
+        res2, _, _ = _pick_rows(p_xr, zero, zero + n, thr, u * 0.0, tau, u * 0.0, redo, False, BLOCK)
+        res = tl.where(redo, res2, res)
+    tl.store(p_out + o_r, tl.maximum(res, 0).to(tl.int32), mask=m_r)
+    tl.store(p_valid + o_r, res >= 0, mask=m_r)
+
+
+@triton.jit
+def _inv_temperature(o_r, m_r, p_temp, temp_val, temp_mode):
+    """1 / T per row; temp_mode 0: T = 1, 1: T = temp_val, 2: T = temp[row]."""
+    t = tl.full(o_r.shape, 1.0, tl.float32)
+    if temp_mode == 1:
+        t = t * 0.0 + temp_val
     if temp_mode == 2:
-        t = tl.load(p_temp + pid).to(tl.float32)
-    inv_t = 1.0 / t
+        t = tl.load(p_temp + o_r, mask=m_r, other=1.0).to(tl.float32)
+    return 1.0 / t
+
+
+@triton.jit(do_not_specialize=["n", "batch", "chunk", "temp_val", "temp_mode"])
+def softmax_stats_kernel(p_x, p_temp, p_pf, stride_x, n, batch, chunk, temp_val, temp_mode,
+                         ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """Program (g, c): max and sum of exp(x / T - max) of chunk c (online, per lane)."""
+    temp_val = tl.cast(temp_val, tl.float32)
+    o_r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    m_r = o_r < batch
+    inv_t = _inv_temperature(o_r, m_r, p_temp, temp_val, temp_mode)
+    p_xr = p_x + o_r[:, None].to(tl.int64) * stride_x
+    b_m = tl.full([ROWS, BLOCK], float("-inf"), tl.float32)
+    b_s = tl.zeros([ROWS, BLOCK], tl.float32)
     o_b = tl.arange(0, BLOCK)
-    m = float("-inf")
-    s = 0.0
-    for start in range(0, n, BLOCK):
+    start0 = tl.program_id(1) * chunk
+    end = tl.minimum(start0 + chunk, n)
+    for start in range(start0, end, BLOCK):
         o = start + o_b
-        b_x = tl.load(p_row + o, mask=o < n, other=float("-inf")).to(tl.float32) * inv_t
-        m_new = tl.maximum(m, tl.reduce(b_x, 0, _MAX))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s = s * tl.exp(m - m_safe) + tl.reduce(tl.exp(b_x - m_safe), 0, _SUM)
-        m = m_new
+        b_mo = m_r[:, None] & (o < end)[None, :]
+        b_x = tl.load(p_xr + o[None, :], mask=b_mo, other=float("-inf")).to(tl.float32) * inv_t[:, None]
+        b_mn = tl.maximum(b_m, b_x)
+        b_safe = tl.where(b_mn == float("-inf"), 0.0, b_mn)
+        b_s = b_s * tl.exp(b_m - b_safe) + tl.exp(b_x - b_safe)
+        b_m = b_mn
+    mx = tl.reduce(b_m, 1, _MAX)
+    s = tl.reduce(b_s * tl.exp(b_m - tl.where(mx == float("-inf"), 0.0, mx)[:, None]), 1, _SUM)
+    p_f = p_pf + (o_r.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)) * 2
+    tl.store(p_f, mx, mask=m_r)
+    tl.store(p_f + 1, s, mask=m_r)
+
+
+@triton.jit(do_not_specialize=["n", "batch", "chunk", "nsplit", "temp_val", "temp_mode"])
+def softmax_write_kernel(p_x, p_out, p_temp, p_pf, stride_x, stride_o, n, batch, chunk, nsplit, temp_val, temp_mode,
+                         ROWS: tl.constexpr, BLOCK: tl.constexpr, SPLIT_BLOCK: tl.constexpr):
+    """Program (g, c): combines the rows' chunk statistics and writes softmax(x / T) of chunk c."""
+    temp_val = tl.cast(temp_val, tl.float32)
+    o_r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    m_r = o_r < batch
+    inv_t = _inv_temperature(o_r, m_r, p_temp, temp_val, temp_mode)
+    o_c = tl.arange(0, SPLIT_BLOCK)
+    b_mc = m_r[:, None] & (o_c < nsplit)[None, :]
+    p_f = p_pf + (o_r[:, None].to(tl.int64) * nsplit + o_c[None, :]) * 2
+    b_mx = tl.load(p_f, mask=b_mc, other=float("-inf"))
+    mx = tl.reduce(b_mx, 1, _MAX)
+    safe = tl.where(mx == float("-inf"), 0.0, mx)
+    s = tl.reduce(tl.where(b_mc, tl.load(p_f + 1, mask=b_mc, other=0.0) * tl.exp(b_mx - safe[:, None]), 0.0), 1, _SUM)
     inv_s = 1.0 / s
-    for start in range(0, n, BLOCK):
+    p_xr = p_x + o_r[:, None].to(tl.int64) * stride_x
+    p_or = p_out + o_r[:, None].to(tl.int64) * stride_o
+    o_b = tl.arange(0, BLOCK)
+    start0 = tl.program_id(1) * chunk
+    end = tl.minimum(start0 + chunk, n)
+    for start in range(start0, end, BLOCK):
         o = start + o_b
-        m_o = o < n
-        b_x = tl.load(p_row + o, mask=m_o, other=float("-inf")).to(tl.float32) * inv_t
-        tl.store(p_orow + o, tl.exp(b_x - m) * inv_s, mask=m_o)
+        b_mo = m_r[:, None] & (o < end)[None, :]
+        b_x = tl.load(p_xr + o[None, :], mask=b_mo, other=float("-inf")).to(tl.float32) * inv_t[:, None]
+        tl.store(p_or + o[None, :], tl.exp(b_x - safe[:, None]) * inv_s[:, None], mask=b_mo)
 
 
-@triton.jit(do_not_specialize=["num_spec", "n"])
+@triton.jit
+def _residual(p_trow, p_drow, resid, o, b_mo):
+    """Weights of the final draw: relu(target - draft) at a rejection, target for the bonus token."""
+    b_w = tl.load(p_trow + o, mask=b_mo, other=0.0).to(tl.float32)
+    b_d = tl.load(p_drow + o, mask=b_mo & resid[:, None], other=0.0).to(tl.float32)
+    return tl.where(b_mo, tl.maximum(b_w - b_d, 0.0), 0.0)
+
+
+@triton.jit(do_not_specialize=["batch", "num_spec", "n", "u_stride", "seed_val", "off_val", "seed_stride",
+                               "off_stride", "rng_mode"])
 def chain_speculative_kernel(
-    p_draft, p_ids, p_target, p_u, p_out, p_acc, p_emit,
-    num_spec, n,
-    BLOCK: tl.constexpr,
+    p_draft, p_ids, p_target, p_u, p_seed, p_off, p_out, p_acc, p_emit,
+    batch, num_spec, n, u_stride, seed_val, off_val, seed_stride, off_stride, rng_mode,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """One row: accept draft token i while u_i * draft[i, id] < target[i, id]; at the first
+    """Per row: accept draft token i while u_i * draft[i, id] < target[i, id]; at the first
     rejection pos, sample from relu(target[pos] - draft[pos]) (or, all accepted, from
     target[num_spec]) with u_num_spec; out = accepted ids, the sample, then -1. acc += number of
     positions passing the test independently; emit += pos."""
-    pid = tl.program_id(0).to(tl.int64)
+    o_r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    m_r = o_r < batch
+    r64 = o_r.to(tl.int64)
     n64 = n.to(tl.int64)
-    p_d = p_draft + pid * num_spec * n64
-    p_t = p_target + pid * (num_spec + 1) * n64
-    p_i = p_ids + pid * num_spec
-    p_uu = p_u + pid * (num_spec + 1)
-    p_o = p_out + pid * (num_spec + 1)
-    pos = num_spec
-    accepted = 0
+    p_d = p_draft + r64 * num_spec * n64
+    p_t = p_target + r64 * (num_spec + 1) * n64
+    p_o = p_out + r64 * (num_spec + 1)
+    pos = tl.full([ROWS], 0, tl.int32) + num_spec
+    accepted = tl.zeros([ROWS], tl.int32)
     for i in range(0, num_spec):
-        tok = tl.load(p_i + i).to(tl.int64)
-        q = tl.load(p_t + i * n64 + tok).to(tl.float32)
-        p = tl.load(p_d + i * n64 + tok).to(tl.float32)
-        u = tl.load(p_uu + i)
+        tok = tl.load(p_ids + r64 * num_spec + i, mask=m_r, other=0).to(tl.int64)
+        q = tl.load(p_t + i * n64 + tok, mask=m_r, other=0.0).to(tl.float32)
+        p = tl.load(p_d + i * n64 + tok, mask=m_r, other=0.0).to(tl.float32)
+        u = _uniform(o_r, m_r, i, p_u, u_stride, p_seed, p_off, seed_val, off_val, seed_stride, off_stride, rng_mode)
         ok = u * p < q
         accepted += ok.to(tl.int32)
         pos = tl.where((ok == 0) & (pos == num_spec), i, pos)
-        tl.store(p_o + i, tl.where(i < pos, tok, -1).to(tl.int32))
-    tl.store(p_acc + pid, tl.load(p_acc + pid) + accepted)
-    tl.store(p_emit + pid, tl.load(p_emit + pid) + pos)
-    tl.store(p_o + num_spec, -1)
-    # sample the token at pos (overwrites the -1 above when every draft token was accepted)
-    o_b = tl.arange(0, BLOCK)
-    p_trow = p_t + pos.to(tl.int64) * n64
-    p_drow = p_d + pos.to(tl.int64) * n64
+        tl.store(p_o + i, tl.where(i < pos, tok, -1).to(tl.int32), mask=m_r)
+    tl.store(p_acc + o_r, tl.load(p_acc + o_r, mask=m_r, other=0) + accepted, mask=m_r)
+    tl.store(p_emit + o_r, tl.load(p_emit + o_r, mask=m_r, other=0) + pos, mask=m_r)
+    tl.store(p_o + num_spec, tl.full([ROWS], -1, tl.int32), mask=m_r)
+    # the token at pos (overwrites the -1 above when every draft token was accepted)
+    p_trow = (p_t + pos.to(tl.int64) * n64)[:, None]
+    p_drow = (p_d + pos.to(tl.int64) * n64)[:, None]
     resid = pos < num_spec
-    b_s = tl.zeros([BLOCK], dtype=tl.float32)
+    o_b = tl.arange(0, BLOCK)
+    b_s = tl.zeros([ROWS, BLOCK], tl.float32)
     for start in range(0, n, BLOCK):
         o = start + o_b
-        m_o = o < n
-        b_w = tl.load(p_trow + o, mask=m_o, other=0.0).to(tl.float32)
-        if resid:
-            b_w = b_w - tl.load(p_drow + o, mask=m_o, other=0.0).to(tl.float32)
-        b_s += tl.maximum(b_w, 0.0)
-    total = tl.reduce(b_s, 0, _SUM)
-    target = tl.load(p_uu + num_spec) * total
-    run = 0.0
-    found = -1
-    last = -1
+        b_s += _residual(p_trow, p_drow, resid, o[None, :], m_r[:, None] & (o < n)[None, :])
+    total = tl.reduce(b_s, 1, _SUM)
+    u = _uniform(o_r, m_r, num_spec, p_u, u_stride, p_seed, p_off, seed_val, off_val, seed_stride, off_stride,
+                 rng_mode)
+    target = u * total
+    run = tl.zeros([ROWS], tl.float32)
+    hit = tl.full([ROWS], -1, tl.int32)
+    hit_run = run
+    last = tl.full([ROWS], -1, tl.int32)
+    last_run = run
     start = 0
-    while (start < n) & (found < 0):
+    go = m_r
+    while tl.reduce(go.to(tl.int32), 0, _MAX) > 0:
         o = start + o_b
-        m_o = o < n
-        b_w = tl.load(p_trow + o, mask=m_o, other=0.0).to(tl.float32)
-        if resid:
-            b_w = b_w - tl.load(p_drow + o, mask=m_o, other=0.0).to(tl.float32)
-        b_w = tl.where(m_o, tl.maximum(b_w, 0.0), 0.0)
-        b_keep = b_w > 0.0
-        b_c = tl.associative_scan(b_w, 0, _SUM) + run
-        first = tl.reduce(tl.where(b_keep & (b_c > target), o, 0x7FFFFFFF), 0, _MIN)
-        found = tl.where(first < 0x7FFFFFFF, first, -1)
-        last = tl.maximum(last, tl.reduce(tl.where(b_keep, o, -1), 0, _MAX))
-        run += tl.reduce(b_w, 0, _SUM)
+        s = tl.reduce(_residual(p_trow, p_drow, resid, o[None, :], go[:, None] & (o < n)[None, :]), 1, _SUM)
+        now = go & (run + s > target)
+        hit = tl.where(now, start, hit)
+        hit_run = tl.where(now, run, hit_run)
+        last = tl.where(go & (s > 0.0), start, last)
+        last_run = tl.where(go & (s > 0.0), run, last_run)
+        run += s
         start += BLOCK
-    res = tl.maximum(tl.where(found >= 0, found, last), 0)
-    tl.store(p_o + pos, res.to(tl.int32))
+        go = go & (now == 0) & (start < n)
+    blk = tl.where(hit >= 0, hit, last)
+    brun = tl.where(hit >= 0, hit_run, last_run)
+    o = blk[:, None] + o_b[None, :]
+    b_mo = (m_r & (blk >= 0))[:, None] & (o < n)
+    b_w = _residual(p_trow, p_drow, resid, o, b_mo)
+    b_c = tl.associative_scan(b_w, 1, _SUM) + brun[:, None]
+    first = tl.reduce(tl.where((b_w > 0.0) & (b_c > target[:, None]), o, 2**30), 1, _MIN)
+    res = tl.where(first < 2**30, first, tl.reduce(tl.where(b_w > 0.0, o, -1), 1, _MAX))
+    tl.store(p_o + pos, tl.maximum(res, 0).to(tl.int32), mask=m_r)
 
 
-@triton.jit
-def philox_uniform_kernel(
-    p_seed, p_off, p_u, seed_val, off_val, seed_stride, off_stride, per_row,
-    SEED_ARR: tl.constexpr, OFF_ARR: tl.constexpr, BLOCK_R: tl.constexpr,
-):
-    """u[row, j] = Philox(seed_row, offset_row + row * per_row + j) in [0, 1), j < per_row."""
-    pid = tl.program_id(0)
-    if SEED_ARR:
-        seed = tl.load(p_seed + pid * seed_stride)
-    else:
-        seed = seed_val
-    if OFF_ARR:
-        off = tl.load(p_off + pid * off_stride)
-    else:
-        off = off_val
-    o = tl.arange(0, BLOCK_R)
-    r = tl.rand(seed, (off + pid.to(tl.int64) * per_row + o).to(tl.uint64))
-    tl.store(p_u + pid.to(tl.int64) * per_row + o, r, mask=o < per_row)
+# ---------------------------------------------------------------------------------------------
+# ahead-of-time configurations
+# ---------------------------------------------------------------------------------------------
+
+_I64_ARGS = {"stride_x", "stride_o", "seed_val", "off_val"}
+_F32_ARGS = {"top_p_val", "min_p_val", "temp_val"}
 
 
-def _sig(**kw):
-    return dict(kw)
+def _sig(kernel, **pointers):
+    """Signature of a kernel: pointers as given, i64 strides/seeds, fp32 float values, other
+    scalars i32, constexprs as such."""
+    sig = {}
+    for p in kernel.params:
+        if p.is_constexpr:
+            sig[p.name] = "constexpr"
+        elif p.name.startswith("p_"):
+            sig[p.name] = pointers[p.name]
+        else:
+            sig[p.name] = "i64" if p.name in _I64_ARGS else "fp32" if p.name in _F32_ARGS else "i32"
+    return sig
+
+
+def pass_constexprs(cfg: SamplingConfig, op: int, is_logits: bool) -> dict:
+    return dict(OP=op, IS_LOGITS=is_logits, ROWS=cfg.rows, BLOCK=cfg.block, SAMPLE=cfg.sample, BINS=cfg.bins,
+                CAP=cfg.cap, STAGES=cfg.stages)
+
+
+def resolve_constexprs(cfg: SamplingConfig, op: int, is_logits: bool) -> dict:
+    return dict(OP=op, IS_LOGITS=is_logits, ROWS=cfg.rows, BLOCK=cfg.block, CAP=cfg.cap, SPLIT_BLOCK=cfg.split_max,
+                PIVOTS=cfg.pivots, SEARCH_BLOCK=cfg.search_block)
+
+
+# (op, input dtype, is_logits) variants each config's pass/resolve kernels are built for: samplers on
+# float32 probabilities or logits of any float dtype; renorm on probabilities and mask / top_k on
+# values of any float dtype. top_k streams with the mask's pass variant.
+def _variants(cfg: SamplingConfig):
+    import torch
+
+    samplers = [(OP_SAMPLE, torch.float32, False)] + [(OP_SAMPLE, dt, True)
+                                                        for dt in (torch.float32, torch.float16, torch.bfloat16)]
+    if cfg is TINY:
+        return samplers, samplers
+    floats = (torch.float32, torch.float16, torch.bfloat16)
+    filters = [(OP_RENORM, dt, False) for dt in floats] + [(OP_MASK, dt, True) for dt in floats]
+    return samplers + filters, samplers + filters + [(OP_TOPK, dt, True) for dt in floats]
+
+
+def _kind(is_logits: bool) -> str:
+    return "logits" if is_logits else "probs"
 
 
 def aot_configs():
     import torch
 
     cfgs = []
-    for _, (block, sblock, piv, warps) in SAMPLING_TABLE.items():
-        c = dict(BLOCK=block, SEARCH_BLOCK=sblock, PIVOTS=piv)
-        x_variants = [(torch.float32, False), (torch.float16, True), (torch.bfloat16, True), (torch.float32, True)]
-        for xdt, is_logits in x_variants:
-            for has_idx, idt in ((False, torch.int32), (True, torch.int32), (True, torch.int64)):
-                sig = _sig(p_x=ptr(xdt), p_idx=ptr(idt), p_topk="*i32", p_topp="*fp32", p_minp="*fp32",
-                           p_u="*fp32", p_out=ptr(idt), p_valid="*i1", stride_x="i64", n="i32",
-                           top_k_val="i32", top_p_val="fp32", min_p_val="fp32", k_mode="i32", p_mode="i32",
-                           minp_mode="i32", joint="i32", HAS_INDICES="constexpr", IS_LOGITS="constexpr",
-                           BLOCK="constexpr", SEARCH_BLOCK="constexpr", PIVOTS="constexpr")
-                cfgs.append(AotConfig(sample_kernel, sig, dict(HAS_INDICES=has_idx, IS_LOGITS=is_logits, **c),
-                                      num_warps=warps, hip_num_warps=hip_warps(warps),
-                                      name=f"sampling_sample_{'logits' if is_logits else 'probs'}_{xdt}_{idt if has_idx else 'noidx'}_{block}"))
-        for mode, dts in ((MODE_TOP_K_RENORM, (torch.float32, torch.float16, torch.bfloat16)),
-                          (MODE_TOP_P_RENORM, (torch.float32,)),
-                          (MODE_TOP_K_MASK, (torch.float32, torch.float16, torch.bfloat16))):
-            for dt in dts:
-                sig = _sig(p_x=ptr(dt), p_out=ptr(dt), p_topk="*i32", p_topp="*fp32", stride_x="i64",
-                           stride_o="i64", n="i32", top_k_val="i32", top_p_val="fp32", k_mode="i32",
-                           p_mode="i32", MODE="constexpr", BLOCK="constexpr", SEARCH_BLOCK="constexpr",
-                           PIVOTS="constexpr")
-                cfgs.append(AotConfig(filter_kernel, sig, dict(MODE=mode, **c), num_warps=warps, hip_num_warps=hip_warps(warps),
-                                      name=f"sampling_filter_mode{mode}_{dt}_{block}"))
+    for cfg in (TINY, LARGE):
+        hw = hip_warps(cfg.warps)
+        passes, resolves = _variants(cfg)
+        for op, dt, is_logits in passes:
+            out = ptr(dt) if op in (OP_RENORM, OP_MASK) else "*i32"
+            sig = _sig(sample_pass_kernel, p_x=ptr(dt), p_idx="*i32", p_topk="*i32", p_topp="*fp32", p_minp="*fp32",
+                       p_out=out, p_pi="*i32", p_pf="*fp32", p_ck="*i32", p_ci="*i32")
+            cfgs.append(AotConfig(sample_pass_kernel, sig, pass_constexprs(cfg, op, is_logits), num_warps=cfg.warps,
+                                  hip_num_warps=hw, name=f"sampling_pass_op{op}_{_kind(is_logits)}_{dt}_{cfg.name}"))
+        for op, dt, is_logits in resolves:
+            out, aux = {OP_SAMPLE: ("*i32", "*i1"), OP_TOPK: (ptr(dt), "*i64")}.get(op, (ptr(dt), "*i1"))
+            sig = _sig(sample_resolve_kernel, p_x=ptr(dt), p_idx="*i32", p_topk="*i32", p_topp="*fp32",
+                       p_minp="*fp32", p_out=out, p_aux=aux, p_pi="*i32", p_pf="*fp32", p_ck="*i32", p_ci="*i32",
+                       p_state="*i32", p_u="*fp32", p_seed="*i64", p_off="*i64")
+            cfgs.append(AotConfig(sample_resolve_kernel, sig, resolve_constexprs(cfg, op, is_logits),
+                                  num_warps=cfg.resolve_warps, hip_num_warps=hip_warps(cfg.resolve_warps),
+                                  name=f"sampling_resolve_op{op}_{_kind(is_logits)}_{dt}_{cfg.name}"))
+        sig = _sig(sample_direct_kernel, p_x="*fp32", p_idx="*i32", p_out="*i32", p_valid="*i1", p_u="*fp32",
+                   p_seed="*i64", p_off="*i64")
+        cfgs.append(AotConfig(sample_direct_kernel, sig, dict(ROWS=cfg.rows, BLOCK=cfg.block), num_warps=cfg.warps,
+                              hip_num_warps=hw, name=f"sampling_direct_{cfg.name}"))
+        sig = _sig(chain_speculative_kernel, p_draft="*fp32", p_ids="*i32", p_target="*fp32", p_u="*fp32",
+                   p_seed="*i64", p_off="*i64", p_out="*i32", p_acc="*i32", p_emit="*i32")
+        cfgs.append(AotConfig(chain_speculative_kernel, sig, dict(ROWS=cfg.rows, BLOCK=cfg.block), num_warps=cfg.warps,
+                              hip_num_warps=hw, name=f"sampling_chain_speculative_{cfg.name}"))
+        if cfg is TINY:
+            continue
         for dt in (torch.float32, torch.float16, torch.bfloat16):
-            sig = _sig(p_x=ptr(dt), p_out="*fp32", p_temp="*fp32", stride_x="i64", stride_o="i64", n="i32",
-                       temp_val="fp32", temp_mode="i32", BLOCK="constexpr")
-            cfgs.append(AotConfig(softmax_kernel, sig, dict(BLOCK=block), num_warps=warps, hip_num_warps=hip_warps(warps),
-                                  name=f"sampling_softmax_{dt}_{block}"))
-        sig = _sig(p_draft="*fp32", p_ids="*i32", p_target="*fp32", p_u="*fp32", p_out="*i32", p_acc="*i32",
-                   p_emit="*i32", num_spec="i32", n="i32", BLOCK="constexpr")
-        cfgs.append(AotConfig(chain_speculative_kernel, sig, dict(BLOCK=block), num_warps=warps, hip_num_warps=hip_warps(warps),
-                              name=f"sampling_chain_speculative_{block}"))
-    for seed_arr in (False, True):
-        for off_arr in (False, True):
-            sig = _sig(p_seed="*i64", p_off="*i64", p_u="*fp32", seed_val="i64", off_val="i64", seed_stride="i32",
-                       off_stride="i32", per_row="i32", SEED_ARR="constexpr", OFF_ARR="constexpr",
-                       BLOCK_R="constexpr")
-            for br in PHILOX_BLOCKS:
-                cfgs.append(AotConfig(philox_uniform_kernel, sig, dict(SEED_ARR=seed_arr, OFF_ARR=off_arr,
-                                                                       BLOCK_R=br), num_warps=1,
-                                      name=f"sampling_philox_uniform_{int(seed_arr)}{int(off_arr)}_{br}"))
+            sig = _sig(filter_apply_kernel, p_x=ptr(dt), p_out=ptr(dt), p_state="*i32")
+            cfgs.append(AotConfig(filter_apply_kernel, sig, dict(OP=OP_RENORM, ROWS=cfg.rows, BLOCK=cfg.block),
+                                  num_warps=cfg.warps, hip_num_warps=hw, name=f"sampling_apply_renorm_{dt}_{cfg.name}"))
+            sig = _sig(softmax_stats_kernel, p_x=ptr(dt), p_temp="*fp32", p_pf="*fp32")
+            cfgs.append(AotConfig(softmax_stats_kernel, sig, dict(ROWS=cfg.rows, BLOCK=cfg.block), num_warps=cfg.warps,
+                                  hip_num_warps=hw, name=f"sampling_softmax_stats_{dt}_{cfg.name}"))
+            sig = _sig(softmax_write_kernel, p_x=ptr(dt), p_out="*fp32", p_temp="*fp32", p_pf="*fp32")
+            cfgs.append(AotConfig(softmax_write_kernel, sig,
+                                  dict(ROWS=cfg.rows, BLOCK=cfg.block, SPLIT_BLOCK=cfg.split_max), num_warps=cfg.warps,
+                                  hip_num_warps=hw, name=f"sampling_softmax_write_{dt}_{cfg.name}"))
     return cfgs
-
-
-# uniforms per row -> BLOCK_R: 1 for plain sampling, up to num_speculate_tokens + 1 <= 64 otherwise
-PHILOX_BLOCKS = (1, 16, 64)
-
-
-def philox_block(per_row: int) -> int:
-    for b in PHILOX_BLOCKS:
-        if per_row <= b:
-            return b
-    raise NotImplementedError(f"num_speculate_tokens + 1 = {per_row} > {PHILOX_BLOCKS[-1]} with explicit seed/offset")

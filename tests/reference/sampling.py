@@ -101,3 +101,34 @@ def sampling_target(x, *, is_logits=False, top_k=None, top_p=None, min_p=None, j
 def chain_first_token_distribution(draft_probs, draft_ids, target_probs):
     """Exact distribution of output_token_ids[:, 0] for one speculative step: target[:, 0]."""
     return target_probs[:, 0].double() / target_probs[:, 0].double().sum(-1, keepdim=True)
+
+
+def top_k_indices(x, k, tie_large=False):
+    """Per row, the indices ``top_k`` returns unsorted: every index whose value is above the k-th
+    largest, in index order, then the tied indices needed to make k (the smallest ones, or the
+    largest with ``tie_large``), in index order; every index in order when k is the row length."""
+    x = x.double()
+    if k == x.shape[1]:
+        return torch.arange(k, device=x.device).expand(x.shape[0], k)
+    rows = []
+    for i in range(x.shape[0]):
+        kth = torch.sort(x[i], descending=True).values[k - 1]
+        gt = torch.nonzero(x[i] > kth).flatten()
+        eq = torch.nonzero(x[i] == kth).flatten()
+        need = k - gt.numel()
+        eq = eq[-need:] if tie_large else eq[:need]
+        rows.append(torch.cat([gt, eq]))
+    return torch.stack(rows)
+
+
+def inverse_cdf_consistent(dist, u, samples, tol=1e-5):
+    """bool per row: ``samples`` is where the cumulative distribution (index order) of ``dist``
+    [rows, n] passes ``u`` [rows], within ``tol``, and has positive probability."""
+    d = dist.double()
+    c = torch.cumsum(d, -1)
+    rows = torch.arange(d.shape[0], device=d.device)
+    s = samples.long()
+    upper = c[rows, s]
+    lower = upper - d[rows, s]
+    u = u.double()
+    return (d[rows, s] > 0) & (lower <= u + tol) & (upper >= u - tol)
