@@ -67,7 +67,6 @@ _TRTLLM = "trtllm-gen kernels (NVIDIA Blackwell, FlashInfer's cubins); use the w
 _CUDNN = "cuDNN attention (NVIDIA only); use BatchPrefillWithRaggedKVCacheWrapper"
 _XQA = "XQA kernels (NVIDIA only); use BatchDecodeWithPagedKVCacheWrapper"
 _FP4 = "NVFP4 tensors (trtllm-gen, NVIDIA Blackwell)"
-_MLA = "MLA attention is not in flashinfer_triton yet (issue 16)"
 _FAST_PLAN = "fast_decode_plan is not in flashinfer_triton yet (issue 12, wrapper change)"
 
 _DECODE = "flashinfer_triton.decode:"
@@ -118,7 +117,7 @@ _page = {
     "append_paged_kv_cache": _map(_PAGE + "append_paged_kv_cache"),
     "get_batch_indices_positions": _map(_PAGE + "get_batch_indices_positions"),
     "get_seq_lens": _map(_PAGE + "get_seq_lens"),
-    "append_paged_mla_kv_cache": _pending("flashinfer_triton.page:append_paged_mla_kv_cache", _MLA),
+    "append_paged_mla_kv_cache": _map(_PAGE + "append_paged_mla_kv_cache"),
 }
 
 _sampling = {
@@ -171,7 +170,7 @@ _utils = {
     "_get_range_buf": _map(_COMPAT + "_get_range_buf"),
 }
 
-_mla = {"BatchMLAPagedAttentionWrapper": _pending("flashinfer_triton.mla:BatchMLAPagedAttentionWrapper", _MLA, S_MLA)}
+_mla = {"BatchMLAPagedAttentionWrapper": _map("flashinfer_triton.mla:BatchMLAPagedAttentionWrapper", S_MLA)}
 
 _sparse = {
     name: _map("flashinfer_triton.sparse:" + name)
@@ -182,8 +181,7 @@ _sparse = {
 _top = {}
 for _names in (_decode, _prefill, _cascade, _page, _sampling, _norm, _rope, _activation, _quantization, _mla, _sparse):
     _top.update({k: v for k, v in _names.items() if not k.startswith(("_", "trtllm_", "xqa_", "cudnn_"))
-                 and k not in ("top_k_renorm_prob", "top_p_renorm_prob", "append_paged_mla_kv_cache",
-                               "convert_bsr_mask_layout")})
+                 and k not in ("top_k_renorm_prob", "top_p_renorm_prob", "convert_bsr_mask_layout")})
 _top["cudnn_batch_decode_with_kv_cache"] = _decode["cudnn_batch_decode_with_kv_cache"]
 del _names
 

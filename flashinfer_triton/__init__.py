@@ -34,9 +34,13 @@ from .sparse import BlockSparseAttentionWrapper, VariableBlockSparseAttentionWra
 from .sink import BatchAttentionWithAttentionSinkWrapper  # noqa: F401
 from .attention.variant import AttentionVariant, VariantError  # noqa: F401
 
+# MLA (DeepSeek multi-head latent attention) on a paged cache
+from .mla import BatchMLAPagedAttentionWrapper  # noqa: F401
+
 # paged KV cache
 from .page import (  # noqa: F401
     append_paged_kv_cache,
+    append_paged_mla_kv_cache,
     get_batch_indices_positions,
     get_seq_lens,
 )

@@ -1,10 +1,12 @@
 """Paged KV-cache utilities, FlashInfer 0.6.x API: ``append_paged_kv_cache``,
-``get_batch_indices_positions``, ``get_seq_lens``.
+``append_paged_mla_kv_cache``, ``get_batch_indices_positions``, ``get_seq_lens``.
 
 Paged KV cache: a 5-D tensor ``[num_pages, 2, page_size, num_kv_heads, head_dim]`` (NHD) or
 ``[num_pages, 2, num_kv_heads, page_size, head_dim]`` (HND), or a ``(k_cache, v_cache)`` tuple of
 4-D tensors ``[num_pages, page_size, num_kv_heads, head_dim]`` (NHD) /
-``[num_pages, num_kv_heads, page_size, head_dim]`` (HND). Page table in CSR form, all int32.
+``[num_pages, num_kv_heads, page_size, head_dim]`` (HND). An MLA cache is a pair of 3-D tensors
+``ckv_cache [num_pages, page_size, 512]``, ``kpe_cache [num_pages, page_size, 64]``. Page table in
+CSR form, all int32.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ._checks import INT32_64, index_tensor
 from ._utils import check_tensor, interpreter_active
 from .kernels import page as _k
 
-__all__ = ["append_paged_kv_cache", "get_batch_indices_positions", "get_seq_lens"]
+__all__ = ["append_paged_kv_cache", "append_paged_mla_kv_cache", "get_batch_indices_positions", "get_seq_lens"]
 
 _KV_LAYOUTS = ("NHD", "HND")
 _CACHE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2)
@@ -232,6 +234,129 @@ def append_paged_kv_cache(
     else:
         _launch_append(append_key, append_value, batch_indices, positions, k_cache, v_cache,
                        kv_indices, kv_indptr, kv_layout)
+
+
+def _launch_append_mla(append_ckv, append_kpe, batch_indices, positions, ckv_cache, kpe_cache, kv_indices,
+                       kv_indptr) -> None:
+    """Launch the MLA append kernel; all checks are done."""
+    nnz = append_ckv.shape[0]
+    if nnz == 0:
+        return
+    if append_ckv.dtype == ckv_cache.dtype:
+        view = _COPY_VIEW[ckv_cache.element_size()]
+        append_ckv, append_kpe = append_ckv.view(view), append_kpe.view(view)
+        ckv_cache, kpe_cache = ckv_cache.view(view), kpe_cache.view(view)
+    _k.append_paged_mla_kv_cache_kernel[(nnz,)](
+        append_ckv, append_kpe, batch_indices, positions, ckv_cache, kpe_cache, kv_indices, kv_indptr,
+        ckv_cache.shape[1], kv_indptr.numel() - 1, kv_indices.numel(), ckv_cache.shape[0],
+        append_ckv.stride(0), append_kpe.stride(0), ckv_cache.stride(0), ckv_cache.stride(1),
+        kpe_cache.stride(0), kpe_cache.stride(1),
+        D_CKV=_k.MLA_D_CKV, D_KPE=_k.MLA_D_KPE, num_warps=_k.MLA_APPEND_NUM_WARPS,
+    )
+
+
+@torch.library.custom_op("flashinfer_triton::append_paged_mla_kv_cache", mutates_args=("ckv_cache", "kpe_cache"))
+def _append_paged_mla_kv_cache_op(
+    append_ckv: torch.Tensor,
+    append_kpe: torch.Tensor,
+    batch_indices: torch.Tensor,
+    positions: torch.Tensor,
+    ckv_cache: torch.Tensor,
+    kpe_cache: torch.Tensor,
+    kv_indices: torch.Tensor,
+    kv_indptr: torch.Tensor,
+) -> None:
+    _launch_append_mla(append_ckv, append_kpe, batch_indices, positions, ckv_cache, kpe_cache, kv_indices, kv_indptr)
+
+
+@_append_paged_mla_kv_cache_op.register_fake
+def _(append_ckv, append_kpe, batch_indices, positions, ckv_cache, kpe_cache, kv_indices, kv_indptr):
+    return None
+
+
+def append_paged_mla_kv_cache(
+    append_ckv: torch.Tensor,
+    append_kpe: torch.Tensor,
+    batch_indices: torch.Tensor,
+    positions: torch.Tensor,
+    ckv_cache: torch.Tensor,
+    kpe_cache: torch.Tensor,
+    kv_indices: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_last_page_len: torch.Tensor,
+) -> None:
+    r"""Append a batch of MLA rows (compressed KV and its rotary part) to a paged MLA cache, in place.
+
+    Row ``i`` goes to slot ``positions[i] % page_size`` of page
+    ``kv_indices[kv_indptr[batch_indices[i]] + positions[i] // page_size]`` of both caches.
+
+    Parameters
+    ----------
+    append_ckv : torch.Tensor
+        Compressed KV rows, ragged: shape ``[nnz, 512]``; the cache's dtype, or float16/bfloat16
+        when the cache is float8_e4m3fn (converted, round to nearest even). Last dim contiguous.
+    append_kpe : torch.Tensor
+        Rotary key rows, shape ``[nnz, 64]``, ``append_ckv``'s dtype.
+    batch_indices : torch.Tensor
+        Request of each row, shape ``[nnz]``, dtype ``torch.int32``.
+    positions : torch.Tensor
+        Position of each row in its request's KV sequence (after the append), shape ``[nnz]``,
+        dtype ``torch.int32`` (see :func:`get_batch_indices_positions`).
+    ckv_cache : torch.Tensor
+        shape ``[max_num_pages, page_size, 512]`` (page and slot strides free, last dim contiguous),
+        dtype float16, bfloat16, float32 or float8_e4m3fn.
+    kpe_cache : torch.Tensor
+        shape ``[max_num_pages, page_size, 64]``, ``ckv_cache``'s dtype.
+    kv_indices : torch.Tensor
+        Page ids, shape ``[kv_indptr[-1]]``, dtype ``torch.int32``.
+    kv_indptr : torch.Tensor
+        Page-table indptr, shape ``[batch_size + 1]``, dtype ``torch.int32``.
+    kv_last_page_len : torch.Tensor
+        Entries in the last page of each request, shape ``[batch_size]``, dtype ``torch.int32``
+        (checked, not read by the kernel).
+
+    Note
+    ----
+    The page table must already include the appended rows. As in ``append_paged_kv_cache``, a row
+    with an out-of-range ``batch_indices``/``positions``/page id is dropped, and checked mode
+    (``flashinfer_triton.checked()``) raises ``ValueError`` naming the first bad element.
+    """
+    check_tensor("append_ckv", append_ckv, ndim=2, last_dim_contiguous=True)
+    device = append_ckv.device
+    _check_kernel_device("append_ckv", append_ckv)
+    check_tensor("append_kpe", append_kpe, dtypes=(append_ckv.dtype,), ndim=2, device=device, last_dim_contiguous=True)
+    nnz = append_ckv.shape[0]
+    if tuple(append_ckv.shape) != (nnz, _k.MLA_D_CKV) or tuple(append_kpe.shape) != (nnz, _k.MLA_D_KPE):
+        raise NotImplementedError(f"append_ckv/append_kpe: shapes [nnz, {_k.MLA_D_CKV}] and [nnz, {_k.MLA_D_KPE}] "
+                                  f"(DeepSeek's, as FlashInfer's) are supported, got {list(append_ckv.shape)} and "
+                                  f"{list(append_kpe.shape)}")
+    check_tensor("ckv_cache", ckv_cache, ndim=3, device=device, last_dim_contiguous=True)
+    check_tensor("kpe_cache", kpe_cache, dtypes=(ckv_cache.dtype,), ndim=3, device=device, last_dim_contiguous=True)
+    if ckv_cache.dtype not in _CACHE_DTYPES or ckv_cache.dtype == torch.float8_e5m2:
+        raise TypeError(f"ckv_cache: unsupported dtype {ckv_cache.dtype}; expected float16, bfloat16, float32 or "
+                        f"float8_e4m3fn")
+    if append_ckv.dtype != ckv_cache.dtype and (append_ckv.dtype, ckv_cache.dtype) not in _CAST_PAIRS:
+        raise TypeError(f"append_ckv: dtype {append_ckv.dtype} cannot be appended to a {ckv_cache.dtype} cache")
+    num_pages, page_size = ckv_cache.shape[:2]
+    if ckv_cache.shape[2] != _k.MLA_D_CKV or tuple(kpe_cache.shape) != (num_pages, page_size, _k.MLA_D_KPE):
+        raise ValueError(f"kpe_cache/ckv_cache: expected [num_pages, page_size, {_k.MLA_D_CKV}] and [num_pages, "
+                         f"page_size, {_k.MLA_D_KPE}], got {list(ckv_cache.shape)} and {list(kpe_cache.shape)}")
+    if page_size < 1:
+        raise ValueError("ckv_cache: page_size must be at least 1")
+    batch_indices = index_tensor("batch_indices", batch_indices, numel=nnz, device=device)
+    positions = index_tensor("positions", positions, numel=nnz, device=device)
+    kv_indices = index_tensor("kv_indices", kv_indices, device=device)
+    kv_indptr = index_tensor("kv_indptr", kv_indptr, min_numel=1, device=device)
+    kv_last_page_len = index_tensor("kv_last_page_len", kv_last_page_len, numel=kv_indptr.numel() - 1, device=device)
+    if _checks.ENABLED:
+        _checks.check_paged_kv(kv_indptr, kv_indices, kv_last_page_len, page_size, num_pages)
+        _checks.check_positions("positions", positions, batch_indices, kv_indptr, kv_last_page_len, page_size)
+    if torch.compiler.is_compiling():
+        _append_paged_mla_kv_cache_op(append_ckv, append_kpe, batch_indices, positions, ckv_cache, kpe_cache,
+                                      kv_indices, kv_indptr)
+    else:
+        _launch_append_mla(append_ckv, append_kpe, batch_indices, positions, ckv_cache, kpe_cache, kv_indices,
+                           kv_indptr)
 
 
 def get_batch_indices_positions(

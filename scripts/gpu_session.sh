@@ -26,6 +26,10 @@ for step in "$@"; do
                 timeout 120 python3 examples/attention_variants.py 2>&1 | tail -8 ;;
     bench-variants) timeout 330 python3 benchmarks/bench_variants.py 2>&1 | tee $OUT/bench_variants.log | tail -40 ;;
     compile-variant) timeout 200 python3 benchmarks/variant_compile_time.py --json 2>&1 | tail -4 ;;
+    tests-mla) timeout 300 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_mla.py \
+                  > $OUT/tests_mla.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests_mla.log | tail -25 ;;
+    bench-mla) timeout 300 python3 benchmarks/bench_mla.py --budget 170 2>&1 | tee $OUT/bench_mla.log | tail -75 ;;
+    tune-mla) timeout 330 python3 benchmarks/tune_mla.py --budget-s 200 2>&1 | tee $OUT/tune_mla.log | tail -30 ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -200,3 +200,61 @@ def select_block_sparse_config(opts: AttentionOptions, device: DeviceInfo, row_l
         if best is None or cost < best_cost * (1 - SPARSE_SHAPE_MARGIN):
             best, best_cost = cfg, cost
     return best
+
+
+# ---- MLA (``kernels/mla.py``): one block shape per device family, its own split thresholds ----
+
+@dataclass(frozen=True)
+class MLATable:
+    source: str               # the committed sweep these numbers come from, or why none
+    shape: BlockShape         # bfloat16/float16 q (a float8 cache is converted as it loads)
+    fp32_shape: BlockShape    # float32 q and cache (an extension, for exact references)
+    split: SplitPolicy
+
+
+# A tile is 64 query rows (heads, then tokens) x 512 output columns of float32: 8 warps hold it in
+# registers; q (64 x 576) and two stages of 32 KV rows fit Hopper's shared memory.
+_MLA_HOPPER = MLATable(
+    source="architecture default, not measured",
+    shape=BlockShape(64, 32, 8, 2),
+    fp32_shape=BlockShape(16, 16, 4, 1),
+    # Partials are whole [rows, 512] float32 tiles: one wave of programs, chunks of at least 128 keys.
+    split=SplitPolicy(programs_per_cu=1, fill_programs_per_cu=1, min_chunk_tokens=128, skew_factor=4),
+)
+# MI300X: Hopper's shapes, which the AOT tier shows fit its 64 KB of LDS.
+_MLA_MI300 = MLATable(**{**_MLA_HOPPER.__dict__, "source": "architecture default (Hopper's shapes, which fit "
+                                                           "64 KB LDS in the AOT tier), not measured"})
+MLA_TABLES: Dict[str, MLATable] = {"h200": _MLA_HOPPER, "h100": _MLA_HOPPER, "hopper": _MLA_HOPPER,
+                                   "mi300": _MLA_MI300, "default": _MLA_HOPPER}
+
+
+def mla_table_for(device: DeviceInfo) -> MLATable:
+    return MLA_TABLES.get(device.family, MLA_TABLES["default"])
+
+
+@functools.lru_cache(maxsize=256)
+def select_mla_config(q_dtype: torch.dtype, kv_dtype: torch.dtype, device: DeviceInfo) -> KernelConfig:
+    """The MLA kernel's configuration for a (q, kv) dtype pair on a device: the shape does not
+    depend on the batch (every tile is BLOCK_M rows of heads and tokens, decode or not)."""
+    if kv_dtype == torch.float8_e4m3fn and device.backend == "cuda" and device.arch.isdigit() and int(device.arch) < 89:
+        raise NotImplementedError(f"kv_data_type=float8_e4m3fn: Triton needs compute capability 8.9 or newer for it "
+                                  f"(this device is sm_{device.arch})")
+    table = mla_table_for(device)
+    fp32 = q_dtype == torch.float32
+    shape = table.fp32_shape if fp32 else table.shape
+    return KernelConfig(shape.block_m, shape.block_n, shape.num_warps, shape.num_stages, shape.block_m,
+                        merge_block_c(shape.block_m), "ieee" if fp32 else None, False)
+
+
+@contextlib.contextmanager
+def mla_table_override(family: str, **fields):
+    """Run with some fields of one device family's MLA table replaced (``tune_mla.py``'s hook, as
+    ``table_override`` is the attention tuners'). ``fields`` are ``MLATable`` fields."""
+    previous = MLA_TABLES.get(family, MLA_TABLES["default"])
+    MLA_TABLES[family] = replace(previous, source="tuning override", **fields)
+    select_mla_config.cache_clear()
+    try:
+        yield MLA_TABLES[family]
+    finally:
+        MLA_TABLES[family] = previous
+        select_mla_config.cache_clear()

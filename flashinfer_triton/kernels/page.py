@@ -1,4 +1,5 @@
-"""Paged KV-cache kernels: append ragged K/V rows into pages, ragged indptr -> (batch index, position).
+"""Paged KV-cache kernels: append ragged K/V rows (or MLA ckv/kpe rows) into pages, ragged indptr ->
+(batch index, position).
 
 Same-dtype appends are bitwise copies: the launcher views both sides as an unsigned/signed integer
 type of the same width (u8 for fp8 caches, i16 for fp16/bf16, i32 for fp32), so one specialization
@@ -76,6 +77,52 @@ def append_paged_kv_cache_kernel(
         tl.store(p_dst, b_v.to(p_v_cache.dtype.element_ty), mask=m_hd)
 
 
+@triton.jit
+def append_paged_mla_kv_cache_kernel(
+    p_ckv_app,
+    p_kpe_app,
+    p_batch_indices,
+    p_positions,
+    p_ckv_cache,
+    p_kpe_cache,
+    p_kv_indices,
+    p_kv_indptr,
+    page_size,
+    batch_size,
+    num_indices,
+    num_pages,
+    s_ca_n,
+    s_pa_n,
+    s_cc_p,
+    s_cc_s,
+    s_pc_p,
+    s_pc_s,
+    D_CKV: tl.constexpr,
+    D_KPE: tl.constexpr,
+):
+    """One program per appended row: copy its ckv ``[D_CKV]`` and kpe ``[D_KPE]`` into slot
+    ``pos % page_size`` of page ``kv_indices[kv_indptr[b] + pos // page_size]`` of the MLA caches
+    (page and slot strides free). A row with an out-of-range request, position or page id is not
+    written, as in ``append_paged_kv_cache_kernel``."""
+    i = tl.program_id(0).to(tl.int64)
+    b = tl.load(p_batch_indices + i).to(tl.int64)
+    pos = tl.load(p_positions + i).to(tl.int64)
+    ok = (b >= 0) & (b < batch_size) & (pos >= 0)
+    start = tl.load(p_kv_indptr + b, mask=ok, other=0).to(tl.int64)
+    end = tl.load(p_kv_indptr + b + 1, mask=ok, other=0).to(tl.int64)
+    page_iter = start + pos // page_size
+    ok = ok & (start >= 0) & (page_iter < end) & (page_iter < num_indices)
+    page = tl.load(p_kv_indices + page_iter, mask=ok, other=-1).to(tl.int64)
+    if (page >= 0) & (page < num_pages):
+        slot = pos % page_size
+        o_c = tl.arange(0, D_CKV)
+        b_c = tl.load(p_ckv_app + i * s_ca_n + o_c)
+        tl.store(p_ckv_cache + page * s_cc_p + slot * s_cc_s + o_c, b_c.to(p_ckv_cache.dtype.element_ty))
+        o_p = tl.arange(0, D_KPE)
+        b_p = tl.load(p_kpe_app + i * s_pa_n + o_p)
+        tl.store(p_kpe_cache + page * s_pc_p + slot * s_pc_s + o_p, b_p.to(p_kpe_cache.dtype.element_ty))
+
+
 @triton.jit(do_not_specialize=["nnz"])
 def batch_indices_positions_kernel(
     p_append_indptr,
@@ -115,6 +162,8 @@ APPEND_TYPE_PAIRS = (
     ("*fp16", "*fp8e4nv"),
     ("*bf16", "*fp8e4nv"),
 )
+MLA_D_CKV, MLA_D_KPE = 512, 64  # DeepSeek's (FlashInfer's MLA append supports only these)
+MLA_APPEND_NUM_WARPS = 2
 POSITIONS_BLOCK = 128
 INDEX_TYPES = ("*i32", "*i64")
 
@@ -153,6 +202,17 @@ def aot_configs():
                 num_warps=APPEND_NUM_WARPS,
                 name=f"append_paged_kv_cache_{src[1:]}_{dst[1:]}_d{block_d}",
             ))
+    for src, dst in APPEND_TYPE_PAIRS:
+        sig = {"p_ckv_app": src, "p_kpe_app": src, "p_batch_indices": "*i32", "p_positions": "*i32",
+               "p_ckv_cache": dst, "p_kpe_cache": dst, "p_kv_indices": "*i32", "p_kv_indptr": "*i32"}
+        for name in ("page_size", "batch_size", "num_indices", "num_pages", "s_ca_n", "s_pa_n", "s_cc_p", "s_cc_s",
+                     "s_pc_p", "s_pc_s"):
+            sig[name] = "i32"
+        sig.update(D_CKV="constexpr", D_KPE="constexpr")
+        configs.append(AotConfig(
+            append_paged_mla_kv_cache_kernel, sig, {"D_CKV": MLA_D_CKV, "D_KPE": MLA_D_KPE},
+            num_warps=MLA_APPEND_NUM_WARPS, name=f"append_paged_mla_kv_cache_{src[1:]}_{dst[1:]}",
+        ))
     for t_indptr in INDEX_TYPES:
         for t_seq in INDEX_TYPES:
             sig = {"p_append_indptr": t_indptr, "p_seq_lens": t_seq, "p_batch_indices": "*i32",
