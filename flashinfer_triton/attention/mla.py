@@ -167,7 +167,6 @@ def plan_mla(opts: MLAOptions, workspace: Workspace, meta: DeviceMetadata, qo_in
         cfg = select_mla_config(opts.q_dtype, opts.kv_dtype, info)
     _, head_groups, tile_q = head_tiling(opts.num_heads, cfg.block_m)
     policy = mla_table_for(info).split
-    # A split tile needs one counter (per head group) and its groups one per partial row.
     row_capacity = workspace.partial_capacity // (4 * opts.num_heads * (opts.head_dim_ckv + 1))
 
     def schedule(no_split: bool) -> WorkPlan:
@@ -180,6 +179,7 @@ def plan_mla(opts: MLAOptions, workspace: Workspace, meta: DeviceMetadata, qo_in
     rows_cap = row_capacity if bounds is None else min(row_capacity, bounds.partial_rows)
     tiles = plan.num_counters if bounds is None else bounds.counters
     rows = plan.num_partial_rows if bounds is None else bounds.partial_rows
+    # Merge counters (per head group): one per split tile, and one per partial row for two-level groups.
     too_many_counters = (tiles + rows) * head_groups > workspace.max_counters()
     if plan.num_partial_rows > rows_cap or plan.num_counters > tiles or too_many_counters:
         if fixed_split_tokens is not None:
