@@ -67,7 +67,6 @@ _TRTLLM = "trtllm-gen kernels (NVIDIA Blackwell, FlashInfer's cubins); use the w
 _CUDNN = "cuDNN attention (NVIDIA only); use BatchPrefillWithRaggedKVCacheWrapper"
 _XQA = "XQA kernels (NVIDIA only); use BatchDecodeWithPagedKVCacheWrapper"
 _FP4 = "NVFP4 tensors (trtllm-gen, NVIDIA Blackwell)"
-_FAST_PLAN = "fast_decode_plan is not in flashinfer_triton yet (issue 12, wrapper change)"
 
 _DECODE = "flashinfer_triton.decode:"
 _PREFILL = "flashinfer_triton.prefill:"
@@ -80,7 +79,7 @@ _decode = {
     "BatchDecodeWithPagedKVCacheWrapper": _map(_DECODE + "BatchDecodeWithPagedKVCacheWrapper", V_FI, S_FI),
     "CUDAGraphBatchDecodeWithPagedKVCacheWrapper": _map(_DECODE + "CUDAGraphBatchDecodeWithPagedKVCacheWrapper"),
     "single_decode_with_kv_cache": _map(_DECODE + "single_decode_with_kv_cache"),
-    "fast_decode_plan": _pending(_DECODE + "fast_decode_plan", _FAST_PLAN, S_FI),
+    "fast_decode_plan": _map(_DECODE + "fast_decode_plan", S_FI),
     "get_seq_lens": _map(_PAGE + "get_seq_lens", V_FI_OLD, S_FI_OLD),
     "_get_range_buf": _map(_COMPAT + "_get_range_buf", V_FI, S_FI_OLD),
     "trtllm_batch_decode_with_kv_cache": _unsupported(_TRTLLM, V_FI_OLD, S_TRTLLM),

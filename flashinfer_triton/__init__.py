@@ -16,6 +16,7 @@ from ._checks import checked  # noqa: F401  (checked mode: value checks before l
 from .decode import (  # noqa: F401
     BatchDecodeWithPagedKVCacheWrapper,
     CUDAGraphBatchDecodeWithPagedKVCacheWrapper,
+    fast_decode_plan,
     single_decode_with_kv_cache,
 )
 

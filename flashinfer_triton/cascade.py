@@ -721,7 +721,9 @@ def split_shared_prefix(
     rest_pages = num_pages - shared
     rest_indptr = np.zeros(batch + 1, dtype=np.int64)
     rest_indptr[1:] = np.cumsum(rest_pages)
-    keep = np.ones(indices.shape[0], dtype=bool)
+    keep = np.zeros(indices.shape[0], dtype=bool)
+    if batch:
+        keep[indptr[0]: indptr[-1]] = True  # entries outside the table's range are not its pages
     if shared:
         drop = (indptr[:-1, None] + np.arange(shared, dtype=np.int64)[None, :]).reshape(-1)
         keep[drop] = False

@@ -11,7 +11,7 @@ CSR form, all int32.
 
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import triton
@@ -360,7 +360,11 @@ def append_paged_mla_kv_cache(
 
 
 def get_batch_indices_positions(
-    append_indptr: torch.Tensor, seq_lens: torch.Tensor, nnz: int
+    append_indptr: torch.Tensor,
+    seq_lens: torch.Tensor,
+    nnz: int,
+    batch_indices: Optional[torch.Tensor] = None,
+    positions: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     r"""Convert a ragged append indptr and the KV lengths into per-row batch indices and positions.
 
@@ -377,17 +381,22 @@ def get_batch_indices_positions(
         KV length of each request including the appended rows, shape ``[batch_size]``, dtype
         ``torch.int32`` or ``torch.int64``.
     nnz : int
-        Number of appended rows (``append_indptr[-1]``); rows past ``append_indptr[-1]`` are left
-        unwritten, and rows of an ``append_indptr`` that runs past ``nnz`` are not written.
-        In checked mode, ``append_indptr`` must start at 0, not decrease and end at most at
-        ``nnz``, and ``seq_lens[b]`` must be at least request ``b``'s appended rows.
+        Rows of the outputs, at least ``append_indptr[-1]`` (a CUDA graph sizes them for its largest
+        batch): rows past ``append_indptr[-1]`` get batch index -1 and position 0 (FlashInfer marks
+        them -1 too; ``append_paged_kv_cache`` skips them), and rows of an ``append_indptr`` that
+        runs past ``nnz`` are not written. In checked mode, ``append_indptr`` must start at 0, not
+        decrease and end at most at ``nnz``, and ``seq_lens[b]`` must be at least request ``b``'s
+        appended rows.
+    batch_indices, positions : torch.Tensor, optional
+        Preallocated outputs (fixed buffers under CUDA graphs), shape ``[nnz]``, dtype
+        ``torch.int32``, contiguous, on ``append_indptr``'s device; written and returned.
 
     Returns
     -------
     batch_indices : torch.Tensor
-        shape ``[nnz]``, dtype ``torch.int32``.
+        shape ``[nnz]``, dtype ``torch.int32`` (the given tensor, when preallocated).
     positions : torch.Tensor
-        shape ``[nnz]``, dtype ``torch.int32``.
+        shape ``[nnz]``, dtype ``torch.int32`` (the given tensor, when preallocated).
     """
     # Once per step, like plan(): strided inputs are made contiguous.
     append_indptr = index_tensor("append_indptr", append_indptr, dtypes=INT32_64, min_numel=1, layout="copy")
@@ -405,8 +414,14 @@ def get_batch_indices_positions(
         rows = append_indptr[1:] - append_indptr[:-1]
         _checks.require(seq_lens < rows, lambda i: f"seq_lens[{i[0]}] = {seq_lens[i].item()}: expected at least "
                         f"{rows[i].item()}, the rows appended to request {i[0]}")
-    batch_indices = torch.empty((nnz,), dtype=torch.int32, device=device)
-    positions = torch.empty((nnz,), dtype=torch.int32, device=device)
+    if batch_indices is None:
+        batch_indices = torch.full((nnz,), -1, dtype=torch.int32, device=device)
+    else:
+        index_tensor("batch_indices", batch_indices, numel=nnz, device=device).fill_(-1)
+    if positions is None:
+        positions = torch.zeros((nnz,), dtype=torch.int32, device=device)
+    else:
+        index_tensor("positions", positions, numel=nnz, device=device).zero_()
     if batch_size > 0 and nnz > 0:
         _k.batch_indices_positions_kernel[(batch_size,)](
             append_indptr, seq_lens, batch_indices, positions, nnz, BLOCK=_k.POSITIONS_BLOCK, num_warps=4

@@ -33,8 +33,9 @@ from .attention.kv import KVView, check_csr, check_layout, host_int64, ragged_kv
     unpack_paged_kv_cache, unpack_ragged_kv
 from .attention.ops import run_attention
 from .attention.options import Q_DTYPES, check_backend, make_options, scale_arg
-from .attention.plan import PlannedAttention, graph_bounds, plan_attention
+from .attention.plan import graph_bounds, plan_attention
 from .attention.scheduler import DeviceMetadata
+from .attention.state import DeviceCopy, WrapperState
 from .attention.variant import AttentionVariant, check_variant, run_params
 from .attention.workspace import Workspace, single_request_workspace
 from .decode import check_sinks
@@ -204,10 +205,27 @@ single_prefill_with_kv_cache_return_lse.__doc__ = (
 # ---------------------------------------------------------------------------------------------
 # Batch wrappers.
 
-class _BatchPrefillBase:
-    """Plan/run machinery shared by the ragged and paged wrappers."""
+class _BatchPrefillBase(WrapperState):
+    """Plan/run machinery shared by the ragged and paged wrappers.
+
+    FlashInfer's private state is kept as FlashInfer keeps it, for the serving engines that read
+    and write it: after plan(), ``_causal``, ``_pos_encoding_mode``, ``_use_fp16_qk_reduction``,
+    ``_window_left``, ``_logits_soft_cap`` (0.0 for None), ``_sm_scale``, ``_rope_scale``,
+    ``_rope_theta`` (as passed; None means the default), ``_backend`` ("auto" resolved to "fa2");
+    from the constructor ``_fixed_batch_size`` (0 without CUDA graphs), the index buffers,
+    ``_float_workspace_buffer``, ``_int_workspace_buffer``, ``_pin_memory_int_workspace_buffer``.
+    run() reads the option attributes, so a change after plan() (the legacy ``forward``, which
+    SGLang calls with ``causal=True`` over a plan without it) takes effect.
+    """
 
     _paged = False
+    _RUN_OPTIONS = ("causal", "pos_encoding_mode", "use_fp16_qk_reduction", "logits_soft_cap", "sm_scale",
+                    "rope_scale", "rope_theta")
+    _qo_indptr_buf = DeviceCopy()
+
+    def _run_key(self) -> tuple:
+        return (self._causal, self._pos_encoding_mode, self._use_fp16_qk_reduction, self._logits_soft_cap,
+                self._sm_scale, self._rope_scale, self._rope_theta)
 
     def _init_common(self, float_workspace_buffer, kv_layout, use_cuda_graph, backend, jit_args, jit_kwargs,
                      custom_mask_buf, mask_indptr_buf, variant=None):
@@ -223,7 +241,8 @@ class _BatchPrefillBase:
         self.device = float_workspace_buffer.device
         self._kv_layout = kv_layout
         self._use_cuda_graph = bool(use_cuda_graph)
-        self._backend = backend
+        self._init_state(backend)
+        self._fixed_batch_size = 0
         if use_cuda_graph:
             if custom_mask_buf is not None:
                 check_tensor("custom_mask_buf", custom_mask_buf, dtypes=(torch.uint8,), ndim=1, device=self.device)
@@ -234,16 +253,10 @@ class _BatchPrefillBase:
         self._meta = DeviceMetadata(self.device, fixed=self._use_cuda_graph)
         self._max_total_num_rows: Optional[int] = None
         self._bounds = None  # (options, config, GraphBounds) of a CUDA-graph wrapper
-        self._planned: Optional[PlannedAttention] = None
 
     @property
     def is_cuda_graph_enabled(self) -> bool:
         return self._use_cuda_graph
-
-    @property
-    def planned(self) -> Optional[PlannedAttention]:
-        """The engine's plan of the current batch (options, kernel config, work list), or None."""
-        return self._planned
 
     @property
     def total_rows(self) -> int:
@@ -251,11 +264,13 @@ class _BatchPrefillBase:
         return self._total_rows
 
     def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
-        """Swap the float workspace (the int workspace is accepted and unused: metadata has its own
-        buffer). Takes effect at the next plan()."""
+        """Swap the float workspace (the int workspace is kept as ``_int_workspace_buffer`` and not
+        used: metadata has its own buffer). Takes effect at the next plan()."""
         check_tensor("float_workspace_buffer", float_workspace_buffer, device=self.device)
         self._float_workspace_buffer = float_workspace_buffer
         self._workspace = Workspace(float_workspace_buffer)
+        if int_workspace_buffer is not None:
+            self._int_workspace_buffer = int_workspace_buffer
 
     def _use_workspace(self, workspace: Workspace) -> None:
         """Plan into a region of a shared workspace (cascade levels take disjoint regions)."""
@@ -318,19 +333,21 @@ class _BatchPrefillBase:
             else:
                 mask_indptr = mask_indptr.to(self.device, non_blocking=non_blocking)
         split = fixed_split_size * page_size if fixed else None  # FlashInfer counts it in pages
-        self._planned = plan_attention(
+        planned = plan_attention(
             opts, self._workspace, self._meta, qo_indptr_h, kv_len_h, kv_begin_h, kv_indices, page_size,
             config_qo_len=shape_qo_len, config_rows=shape_rows, cfg=cfg, disable_split_kv=bool(disable_split_kv),
             fixed_split_tokens=split, bounds=bounds, mask=mask, mask_indptr=mask_indptr, non_blocking=non_blocking)
         self._batch_size = batch
         self._total_rows = total_rows
+        self._set_run_options(bool(causal), pos_encoding_mode, use_fp16_qk_reduction, window_left,
+                              0.0 if logits_soft_cap is None else logits_soft_cap, sm_scale, rope_scale, rope_theta)
+        self._set_plan(planned, exact=True)
 
     def _run_common(self, q, kv: KVView, out, lse, return_lse, q_scale, k_scale, v_scale, window_left, sinks,
                     kv_name, args=()):
-        planned = self._planned
-        if planned is None:
-            raise RuntimeError("run(): call plan() first")
-        opts = planned.opts
+        last = self._last  # the launcher of the last run(), valid while plan and options are unchanged
+        launcher = last[2] if last[0] is self._plan_info and last[1] == self._run_key() else self._launcher()
+        opts = launcher.opts
         n = self._total_rows
         if q.dim() != 3 or q.shape[0] != n or q.shape[1] != opts.num_qo_heads or q.shape[2] != opts.head_dim:
             raise ValueError(f"q: expected shape [{n}, {opts.num_qo_heads}, {opts.head_dim}] (qo_indptr[-1], heads, "
@@ -349,7 +366,9 @@ class _BatchPrefillBase:
             raise ValueError(f"{kv_name}: expected {opts.num_kv_heads} KV heads, head_dim_qk {opts.head_dim} and "
                              f"head_dim_vo {opts.head_dim_vo} in {self._kv_layout} layout (planned), got K "
                              f"{tuple(kv.k.shape)}, V {tuple(kv.v.shape)}")
-        if window_left is not None and (not isinstance(window_left, int) or isinstance(window_left, bool)):
+        if window_left is None:
+            window_left = self._window_left
+        elif not isinstance(window_left, int) or isinstance(window_left, bool):
             raise TypeError(f"window_left: expected an int or None, got {type(window_left).__name__}")
         shape_o = (n, opts.num_qo_heads, opts.head_dim_vo)
         if out is None:
@@ -369,9 +388,21 @@ class _BatchPrefillBase:
         if sinks is not None:
             check_sinks(sinks, opts.num_qo_heads, self.device)
         params = run_params(opts.variant, args, self.device, sinks, return_lse)
-        run_attention(planned.launcher, q, kv, out, lse, scale_arg("q_scale", q_scale), scale_arg("k_scale", k_scale),
+        run_attention(launcher, q, kv, out, lse, scale_arg("q_scale", q_scale), scale_arg("k_scale", k_scale),
                       scale_arg("v_scale", v_scale), window_left, sinks, params)
         return (out, lse) if return_lse else out
+
+    def _set_run_options(self, causal, pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap,
+                            sm_scale, rope_scale, rope_theta) -> None:
+        """FlashInfer's run-option attributes, as plan() and the legacy ``forward`` set them."""
+        self._causal = causal
+        self._pos_encoding_mode = pos_encoding_mode
+        self._use_fp16_qk_reduction = use_fp16_qk_reduction
+        self._window_left = window_left
+        self._logits_soft_cap = logits_soft_cap
+        self._sm_scale = sm_scale
+        self._rope_scale = rope_scale
+        self._rope_theta = rope_theta
 
 
 class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
@@ -398,6 +429,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
         scalars as extra positional arguments after the KV arguments.
     """
 
+    _kv_indptr_buf = DeviceCopy()
+
     def __init__(
         self,
         float_workspace_buffer: torch.Tensor,
@@ -423,8 +456,6 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
                 raise ValueError(f"kv_indptr_buf: expected {qo_indptr_buf.numel()} entries like qo_indptr_buf, got "
                                  f"{kv_indptr_buf.numel()}")
             self._fixed_batch_size = qo_indptr_buf.numel() - 1
-        else:
-            self._fixed_batch_size = None
         self._qo_indptr_buf = qo_indptr_buf
         self._kv_indptr_buf = kv_indptr_buf
 
@@ -512,6 +543,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
         if self._use_cuda_graph:
             self._qo_indptr_buf.copy_(qo_indptr, non_blocking=non_blocking)
             self._kv_indptr_buf.copy_(kv_indptr, non_blocking=non_blocking)
+        else:  # FlashInfer's device copies (made when first read)
+            self._qo_indptr_buf, self._kv_indptr_buf = qo_h, kv_indptr_h
 
     begin_forward = plan
 
@@ -554,19 +587,38 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillBase):
         if o_scale is not None and o_scale != 1.0:
             raise NotImplementedError("o_scale: output quantization scales are not supported")
         kv = unpack_ragged_kv(k, v, self._kv_layout)
-        if self._planned is not None:
+        if self._plan_info is not None:
             n_kv = ragged_kv_len(kv, self._kv_layout)
             if n_kv < self._kv_tokens:
                 raise ValueError(f"k: kv_indptr[-1] = {self._kv_tokens} tokens planned, k has {n_kv}")
         return self._run_common(q, kv, out, lse, return_lse, q_scale, k_scale, v_scale, None, None, "k/v", args)
 
-    forward = run
-
     def run_return_lse(self, q, k, v, *args, **kwargs):
         kwargs["return_lse"] = True
         return self.run(q, k, v, *args, **kwargs)
 
-    forward_return_lse = run_return_lse
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False, window_left: int = -1,
+                logits_soft_cap: Optional[float] = None, sm_scale: Optional[float] = None,
+                rope_scale: Optional[float] = None, rope_theta: Optional[float] = None) -> torch.Tensor:
+        """FlashInfer's legacy per-call API: sets ``_causal``, ``_pos_encoding_mode``,
+        ``_use_fp16_qk_reduction``, ``_window_left``, ``_logits_soft_cap``, ``_sm_scale``,
+        ``_rope_scale``, ``_rope_theta`` to these values (they stay set, as in FlashInfer; note
+        ``causal`` defaults to False whatever plan() had), then ``run(q, k, v)``. The positional
+        encoding must be the planned one (NotImplementedError otherwise)."""
+        self._set_run_options(causal, pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap,
+                              sm_scale, rope_scale, rope_theta)
+        return self.run(q, k, v)
+
+    def forward_return_lse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                           pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
+                           window_left: int = -1, logits_soft_cap: Optional[float] = None,
+                           sm_scale: Optional[float] = None, rope_scale: Optional[float] = None,
+                           rope_theta: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` returning (out, lse), lse base 2."""
+        self._set_run_options(causal, pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap,
+                              sm_scale, rope_scale, rope_theta)
+        return self.run_return_lse(q, k, v)
 
 
 class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
@@ -597,6 +649,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
     """
 
     _paged = True
+    _paged_kv_indptr_buf = DeviceCopy()
+    _paged_kv_last_page_len_buf = DeviceCopy()
 
     def __init__(
         self,
@@ -630,8 +684,6 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
             if paged_kv_last_page_len_buf.numel() != self._fixed_batch_size:
                 raise ValueError(f"paged_kv_last_page_len_buf: expected batch_size = {self._fixed_batch_size} entries, "
                                  f"got {paged_kv_last_page_len_buf.numel()}")
-        else:
-            self._fixed_batch_size = None
         self._qo_indptr_buf = qo_indptr_buf
         self._paged_kv_indptr_buf = paged_kv_indptr_buf
         self._paged_kv_indices_buf = paged_kv_indices_buf
@@ -732,6 +784,9 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
             self._paged_kv_indptr_buf.copy_(paged_kv_indptr, non_blocking=non_blocking)
             self._paged_kv_last_page_len_buf.copy_(paged_kv_last_page_len, non_blocking=non_blocking)
             self._paged_kv_indices_buf[: kv_indices.numel()].copy_(kv_indices, non_blocking=non_blocking)
+        else:  # FlashInfer's device copies of the page table (made when first read)
+            self._qo_indptr_buf, self._paged_kv_indptr_buf = table.extra[0], table.indptr
+            self._paged_kv_indices_buf, self._paged_kv_last_page_len_buf = kv_indices, table.last_page_len
         self._page_size = page_size
         self._max_page_id = table.max_page_id
 
@@ -780,10 +835,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
             raise NotImplementedError("kv_cache_sf: NVFP4 KV is not supported")
         if skip_softmax_threshold_scale_factor is not None:
             raise NotImplementedError("skip_softmax_threshold_scale_factor: skip-softmax sparsity is not supported")
-        if window_left is not None and (not isinstance(window_left, int) or isinstance(window_left, bool)):
-            raise TypeError(f"window_left: expected an int or None, got {type(window_left).__name__}")
         kv = unpack_paged_kv_cache(paged_kv_cache, self._kv_layout)
-        if self._planned is not None:
+        if self._plan_info is not None:
             if kv.page_size != self._page_size:
                 raise ValueError(f"paged_kv_cache: expected page_size {self._page_size} (planned) in {self._kv_layout} "
                                  f"layout, got shape {tuple(kv.k.shape)} per K/V")
@@ -793,10 +846,30 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillBase):
         return self._run_common(q, kv, out, lse, return_lse, q_scale, k_scale, v_scale, window_left, sinks,
                                 "paged_kv_cache", args)
 
-    forward = run
-
     def run_return_lse(self, q, paged_kv_cache, *args, **kwargs):
         kwargs["return_lse"] = True
         return self.run(q, paged_kv_cache, *args, **kwargs)
 
-    forward_return_lse = run_return_lse
+    def forward(self, q: torch.Tensor, paged_kv_cache, causal: bool = False, pos_encoding_mode: str = "NONE",
+                use_fp16_qk_reduction: bool = False, k_scale: Optional[float] = None, v_scale: Optional[float] = None,
+                window_left: int = -1, logits_soft_cap: Optional[float] = None, sm_scale: Optional[float] = None,
+                rope_scale: Optional[float] = None, rope_theta: Optional[float] = None) -> torch.Tensor:
+        """FlashInfer's legacy per-call API: sets ``_causal``, ``_pos_encoding_mode``,
+        ``_use_fp16_qk_reduction``, ``_window_left``, ``_logits_soft_cap``, ``_sm_scale``,
+        ``_rope_scale``, ``_rope_theta`` to these values (they stay set, as in FlashInfer; note
+        ``causal`` defaults to False whatever plan() had), then ``run(q, paged_kv_cache, k_scale=,
+        v_scale=)``. The positional encoding must be the planned one (NotImplementedError otherwise)."""
+        self._set_run_options(causal, pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap,
+                              sm_scale, rope_scale, rope_theta)
+        return self.run(q, paged_kv_cache, k_scale=k_scale, v_scale=v_scale)
+
+    def forward_return_lse(self, q: torch.Tensor, paged_kv_cache, causal: bool = False,
+                           pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
+                           k_scale: Optional[float] = None, v_scale: Optional[float] = None, window_left: int = -1,
+                           logits_soft_cap: Optional[float] = None, sm_scale: Optional[float] = None,
+                           rope_scale: Optional[float] = None,
+                           rope_theta: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` returning (out, lse), lse base 2."""
+        self._set_run_options(causal, pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap,
+                              sm_scale, rope_scale, rope_theta)
+        return self.run(q, paged_kv_cache, k_scale=k_scale, v_scale=v_scale, return_lse=True)

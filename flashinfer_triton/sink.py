@@ -118,13 +118,13 @@ class BatchAttentionWithAttentionSinkWrapper(BatchPrefillWithPagedKVCacheWrapper
         sink = args[0]
         if sink is None:
             raise TypeError("sink: expected a float32 [num_qo_heads] tensor, got None")
-        if len(args) == 2 and args[1] is not None and self._planned is not None:
+        if len(args) == 2 and args[1] is not None and self._plan_info is not None:
             sm_scale = args[1]
             if isinstance(sm_scale, torch.Tensor) or not isinstance(sm_scale, numbers.Real):
                 raise TypeError(f"sm_scale: expected a Python float, got {type(sm_scale).__name__}")
-            # q_scale multiplies the planned sm_scale in the kernel.
+            # q_scale multiplies the sm_scale of the current run options (plan()'s unless changed since).
             q_scale = kwargs.pop("q_scale", None)
-            kwargs["q_scale"] = (1.0 if q_scale is None else float(q_scale)) * float(sm_scale) / self._planned.opts.sm_scale
+            kwargs["q_scale"] = (1.0 if q_scale is None else float(q_scale)) * float(sm_scale) / self._launcher().opts.sm_scale
         return super().run(q, paged_kv_cache, sinks=sink, **kwargs)
 
     forward = run

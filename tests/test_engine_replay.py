@@ -8,9 +8,6 @@ are re-stated here as the engines write them, since the library must work under 
 CUDA graphs: on the GPU, ``run()`` is captured once and replayed after each re-plan; on the CPU
 (interpreter tier) the same call is repeated with the same static tensors, so the re-plan must still
 go through the buffers the wrapper was built with.
-
-Tests marked ``xfail(strict=True, reason="needs wrapper change: ...")`` exercise FlashInfer behaviour
-that the wrappers do not have yet; the reason names it.
 """
 
 from __future__ import annotations
@@ -33,24 +30,6 @@ DTYPE = LOW_DTYPES[0]
 SCALE = 1.0 / math.sqrt(D)
 WS_BYTES = gpu_or_cpu(32 << 20, 256 << 20)
 I32 = dict(dtype=torch.int32)
-
-
-def needs(change: str):
-    return pytest.mark.xfail(strict=True, reason=f"needs wrapper change: {change}")
-
-
-NEEDS_FA2 = "backend='fa2' accepted by BatchDecode/BatchPrefill(Paged|Ragged) wrappers (maps to the Triton kernels)"
-NEEDS_ATTRS = ("after plan(): _causal, _window_left, _logits_soft_cap (0.0 for None), _sm_scale (as passed), "
-               "_pos_encoding_mode, _rope_scale, _rope_theta hold FlashInfer's values")
-NEEDS_INDPTR = ("page table: indptr[0] may be > 0 and indices may hold more than indptr[-1] entries (vLLM slices "
-                "indptr for prefills over all requests' indices; SGLang pads indices by 256)")
-NEEDS_LEGACY = ("legacy forward/forward_return_lse(q, kv, causal=, pos_encoding_mode=, k_scale=, v_scale=, "
-                "window_left=, logits_soft_cap=, sm_scale=, rope_scale=, rope_theta=) overriding the plan")
-NEEDS_KV3D = "(k, v) tuple of 3-D [slots, H_kv, D] tensors = page size 1 cache (NHD: unsqueeze(-3))"
-NEEDS_FAST = ("fast_decode_plan exported from flashinfer_triton.decode (FlashInfer's signature) and the internals "
-              "it reaches: _cached_module.plan(...), _plan_info, _int_workspace_buffer, "
-              "_pin_memory_int_workspace_buffer, _fixed_batch_size, _backend")
-NEEDS_PREALLOC = "get_batch_indices_positions(..., batch_indices=, positions=): fill preallocated outputs (-1 / 0 past nnz)"
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +167,6 @@ VLLM_CASES = [
 ]
 
 
-@needs(f"{NEEDS_INDPTR}; {NEEDS_ATTRS}")
 @pytest.mark.parametrize("layout,page_size,window_left,soft_cap", VLLM_CASES)
 def test_vllm_mixed_batch_two_steps(fi, layout, page_size, window_left, soft_cap):
     """vLLM FlashInferMetadataBuilder.build + FlashInferImpl.forward, no CUDA graph: decodes first, then
@@ -241,7 +219,6 @@ def test_vllm_mixed_batch_two_steps(fi, layout, page_size, window_left, soft_cap
                 _check(out[rows], query[rows], k, v, f"step L={n} layer {layer} req {r}", causal=True, **opts)
 
 
-@needs(f"{NEEDS_ATTRS}; {NEEDS_FAST} (vLLM's own fast_plan_decode)")
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 def test_vllm_cuda_graph_decode_replans(fi, layout):
     """vLLM full-CUDA-graph decode: one wrapper per padded batch size over slices of persistent
@@ -393,7 +370,6 @@ def test_sampler_seed_offset_for_cuda_graphs(fi):
         assert keep[torch.arange(batch), ids.cpu().long()].all()
 
 
-@needs(NEEDS_PREALLOC)
 def test_get_batch_indices_positions_preallocated(fi):
     """get_batch_indices_positions(append_indptr, seq_lens, nnz, batch_indices=, positions=) writes the
     given int32 buffers (CUDA-graph-sized: rows past append_indptr[-1] get batch index -1, position 0)."""
@@ -449,7 +425,6 @@ class TokenPool:
         return out
 
 
-@needs(f"{NEEDS_FA2}; {NEEDS_KV3D}; {NEEDS_LEGACY}")
 @pytest.mark.parametrize("use_tensor_cores", [True, False], ids=["tensor-cores", "cuda-cores"])
 def test_sglang_decode_eager(fi, use_tensor_cores):
     """SGLang FlashInferAttnBackend decode (no CUDA graph): BatchDecodeWithPagedKVCacheWrapper(ws, "NHD",
@@ -481,7 +456,6 @@ def test_sglang_decode_eager(fi, use_tensor_cores):
                    sm_scale=SCALE)
 
 
-@needs(f"{NEEDS_FA2}; {NEEDS_KV3D}; {NEEDS_LEGACY}; {NEEDS_FAST}")
 @pytest.mark.parametrize("use_tensor_cores", [True, False], ids=["tensor-cores", "cuda-cores"])
 def test_sglang_cuda_graph_decode_fast_decode_plan(fi, use_tensor_cores):
     """SGLang decode under CUDA graphs: a wrapper per batch size with use_cuda_graph=True over
@@ -535,7 +509,6 @@ def test_sglang_cuda_graph_decode_fast_decode_plan(fi, use_tensor_cores):
 SGLANG_EXTEND = ([3, 1, 0], [0, 20, 7], [9, 26, 19])
 
 
-@needs(f"{NEEDS_FA2}; {NEEDS_INDPTR}; {NEEDS_KV3D}; {NEEDS_LEGACY}")
 def test_sglang_extend_paged(fi):
     """SGLang extend through the paged wrapper only (use_ragged=False: multimodal / multi-item models):
     BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", backend="fa2"); call_begin_forward with kv_indices
@@ -575,7 +548,6 @@ def test_sglang_extend_paged(fi):
                    sm_scale=SCALE)
 
 
-@needs(f"{NEEDS_FA2}; {NEEDS_INDPTR}; {NEEDS_KV3D}; {NEEDS_LEGACY}")
 def test_sglang_extend_ragged_with_prefix(fi):
     """SGLang's default extend: ragged wrapper over the new tokens (begin_forward(qo_indptr, qo_indptr,
     ...)) and the paged wrapper over the cached prefix only; per layer
@@ -619,7 +591,6 @@ def test_sglang_extend_ragged_with_prefix(fi):
             _check(o[rows], q[rows], kk, vv, f"ragged+prefix layer {layer} req {r}", causal=True, sm_scale=SCALE)
 
 
-@needs(NEEDS_LEGACY)
 def test_sglang_extend_ragged_no_prefix(fi):
     """SGLang extend with no cached prefix: ragged.forward(q, k, v, causal=True, sm_scale=,
     logits_soft_cap=) alone (the MLA backend makes the same call with causal=True)."""
@@ -650,7 +621,6 @@ def test_backend_fa2_is_accepted(fi, name):
     assert w._backend == "fa2"
 
 
-@needs(NEEDS_ATTRS)
 def test_private_attributes_after_plan(fi):
     """FlashInfer stores the plan's options as given (logits_soft_cap None -> 0.0, sm_scale as passed,
     None included) on both wrappers; vLLM asserts on them before every run."""
@@ -671,7 +641,6 @@ def test_private_attributes_after_plan(fi):
     assert (p._pos_encoding_mode, p._rope_scale, p._rope_theta) == ("NONE", None, None)
 
 
-@needs(NEEDS_FAST)
 def test_cuda_graph_wrapper_internals(fi):
     """What vLLM's and SGLang's fast plans read before planning: the fixed batch size, the buffers
     given to the constructor, the workspaces, and after plan() the resolved backend and _cached_module."""
@@ -692,7 +661,6 @@ def test_cuda_graph_wrapper_internals(fi):
     assert w._backend == "fa2" and callable(w._cached_module.plan)
 
 
-@needs(NEEDS_KV3D)
 def test_page_size_one_kv_tuple_3d(fi):
     """SGLang's token pool: the cache is (k_buffer, v_buffer), each [slots, H_kv, D], page size 1."""
     gen = torch.Generator().manual_seed(1212)

@@ -192,7 +192,7 @@ def test_batch_ragged_matches_reference(dtype, layout, causal, hq, hkv, d):
     _check_batch(out2, None, q2, ks2, vs2, qo_lens, dtype, name="second run ", causal=causal)
 
 
-def test_batch_ragged_head_dim_vo_and_forward_aliases():
+def test_batch_ragged_head_dim_vo_and_legacy_forward():
     dtype = LOW_DTYPES[0]
     gen = _gen()
     qo_lens, kv_lens = gpu_or_cpu([3, 20], [300, 1000]), gpu_or_cpu([25, 20], [900, 1000])
@@ -203,7 +203,12 @@ def test_batch_ragged_head_dim_vo_and_forward_aliases():
     out, lse = w.run_return_lse(q, k, v)
     assert out.shape == (sum(qo_lens), hq, d_vo)
     _check_batch(out, lse, q, ks, vs, qo_lens, dtype, causal=True)
-    assert torch.equal(w.forward(q, k, v), out)
+    assert torch.equal(w.forward(q, k, v, causal=True), out)
+    # FlashInfer's legacy forward sets the run options (causal=False by default) and they stay set.
+    non_causal = w.forward(q, k, v)
+    assert w._causal is False
+    _check_batch(non_causal, None, q, ks, vs, qo_lens, dtype, name="legacy forward ", causal=False)
+    assert torch.equal(w.run(q, k, v), non_causal)
 
 
 # ---------------------------------------------------------------------------------------------- paged

@@ -14,6 +14,8 @@ A plan() goes through these modules in order:
 - ``workspace.py`` partials and merge counters at explicit offsets of the float workspace.
 - ``plan.py``     ``plan_attention``: the above, in order, to a ready launcher.
 - ``launcher.py`` ``AttentionLauncher``: the kernel's plan-time argument group, per-call launches.
+- ``state.py``    FlashInfer's private wrapper state (``_sm_scale``, ``_causal``, ...) that engines read
+  and write after plan(): the launcher run() uses for its current values.
 - ``signature.py`` the kernel's argument lists, derived from its one declaration.
 - ``ops.py``      the torch.library op for torch.compile.
 - ``merge.py``    merge_state(s) (the LSE-merge family's host side).

@@ -49,13 +49,25 @@ def _page_strides(t: torch.Tensor, kv_layout: str):
     return (t.stride(0), t.stride(1), t.stride(2)) if kv_layout == "NHD" else (t.stride(0), t.stride(2), t.stride(1))
 
 
+def _page_size_one(t: torch.Tensor, kv_layout: str) -> torch.Tensor:
+    """A page-size-1 cache without its page-slot dimension (FlashInfer's ``_expand_4d`` /
+    ``_expand_5d``): insert it, ``[.., H_kv, D]`` -> ``[.., 1, H_kv, D]`` (NHD) or ``[.., H_kv, 1, D]`` (HND)."""
+    return t.unsqueeze(-3) if kv_layout == "NHD" else t.unsqueeze(-2)
+
+
 def unpack_paged_kv_cache(paged_kv_cache, kv_layout: str, name: str = "paged_kv_cache") -> KVView:
     """Accept ``[num_pages, 2, page_size, H_kv, D]`` (NHD) / ``[num_pages, 2, H_kv, page_size, D]``
-    (HND), or a ``(k_cache, v_cache)`` tuple of 4-D tensors in the same layout."""
+    (HND), or a ``(k_cache, v_cache)`` tuple of 4-D tensors in the same layout. Page size 1 may
+    drop the page-slot dimension, as FlashInfer allows: a 4-D ``[num_pages, 2, H_kv, D]`` tensor or
+    a tuple of 3-D ``[num_slots, H_kv, D]`` tensors (SGLang's token pool)."""
     if isinstance(paged_kv_cache, (tuple, list)):
         if len(paged_kv_cache) != 2:
             raise ValueError(f"{name}: a tuple must be (k_cache, v_cache), got {len(paged_kv_cache)} entries")
         k, v = paged_kv_cache
+        if isinstance(k, torch.Tensor) and k.dim() == 3:
+            k = _page_size_one(k, kv_layout)
+        if isinstance(v, torch.Tensor) and v.dim() == 3:
+            v = _page_size_one(v, kv_layout)
         check_tensor(f"{name}[0] (k_cache)", k, dtypes=KV_DTYPES, ndim=4, last_dim_contiguous=True)
         check_tensor(f"{name}[1] (v_cache)", v, dtypes=(k.dtype,), ndim=4, device=k.device, last_dim_contiguous=True)
         if k.shape[:3] != v.shape[:3]:
@@ -63,6 +75,8 @@ def unpack_paged_kv_cache(paged_kv_cache, kv_layout: str, name: str = "paged_kv_
         kp, kt, kh = _page_strides(k, kv_layout)
         vp, vt, vh = _page_strides(v, kv_layout)
     else:
+        if isinstance(paged_kv_cache, torch.Tensor) and paged_kv_cache.dim() == 4:
+            paged_kv_cache = _page_size_one(paged_kv_cache, kv_layout)
         check_tensor(name, paged_kv_cache, dtypes=KV_DTYPES, ndim=5, last_dim_contiguous=True)
         if paged_kv_cache.shape[1] != 2:
             raise ValueError(f"{name}: expected dimension 1 of size 2 (K and V), got shape {tuple(paged_kv_cache.shape)}")
@@ -112,13 +126,19 @@ def host_int64(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     return torch.cat([t.to(device) for t in tensors]).cpu().numpy().astype(np.int64)
 
 
-def check_csr(name: str, indptr_h: np.ndarray, count: Optional[int] = None, count_name: str = "") -> np.ndarray:
-    """``indptr`` must start at 0, be non-decreasing and end at ``count`` entries; returns the lengths."""
+def check_csr(name: str, indptr_h: np.ndarray, count: Optional[int] = None, count_name: str = "",
+              offset: bool = False) -> np.ndarray:
+    """``indptr`` must start at 0, be non-decreasing and end at ``count`` entries; returns the lengths.
+    With ``offset`` (page tables, as FlashInfer reads them) it may start above 0 and end before
+    ``count``: request b owns entries ``indptr[b]:indptr[b+1]`` of a longer array (vLLM plans its
+    prefills over a slice of the batch's indptr and all its indices; SGLang pads the indices)."""
     lens = np.diff(indptr_h)
-    if indptr_h.shape[0] and (indptr_h[0] != 0 or (lens < 0).any()):
-        raise ValueError(f"{name}: expected a non-decreasing CSR offset array starting at 0")
-    if count is not None and indptr_h.shape[0] and indptr_h[-1] != count:
-        raise ValueError(f"{count_name}: expected {name}[-1] = {indptr_h[-1]} entries, got {count}")
+    if indptr_h.shape[0] and ((indptr_h[0] < 0 if offset else indptr_h[0] != 0) or (lens < 0).any()):
+        raise ValueError(f"{name}: expected a non-decreasing CSR offset array starting at "
+                         f"{'a non-negative offset' if offset else '0'}")
+    if count is not None and indptr_h.shape[0] and (indptr_h[-1] > count if offset else indptr_h[-1] != count):
+        raise ValueError(f"{count_name}: expected {'at least ' if offset else ''}{name}[-1] = {indptr_h[-1]} "
+                         f"entries, got {count}")
     return lens
 
 
@@ -140,11 +160,13 @@ class PageTable:
 def read_page_table(indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, page_size: int,
                     device: torch.device, names=("indptr", "indices", "last_page_len"),
                     extra: Sequence[torch.Tensor] = (), read_ids: bool = False) -> PageTable:
-    """Check and read a CSR page table (int32 ``indptr [B+1]``, ``indices [indptr[-1]]``,
-    ``last_page_len [B]``) plus ``extra`` int32 tensors (e.g. ``qo_indptr``), all in one
-    device-to-host copy. ``indices`` may stay on the device and is not read unless it is on the host
-    or ``read_ids`` asks for it (then in the same copy); a strided view of it is made contiguous
-    (the kernel reads it as a dense array)."""
+    """Check and read a CSR page table (int32 ``indptr [B+1]``, ``indices`` holding at least
+    ``indptr[-1]`` entries, ``last_page_len [B]``) plus ``extra`` int32 tensors (e.g.
+    ``qo_indptr``), all in one device-to-host copy. Request b's pages are
+    ``indices[indptr[b]:indptr[b+1]]``: ``indptr`` may start above 0 and ``indices`` run past
+    ``indptr[-1]`` (those entries are never read, nor checked). ``indices`` may stay on the device
+    and is not read unless it is on the host or ``read_ids`` asks for it (then in the same copy); a
+    strided view of it is made contiguous (the kernel reads it as a dense array)."""
     n_indptr, n_indices, n_last = names
     check_int32_index(n_indptr, indptr)
     batch = indptr.numel() - 1
@@ -160,7 +182,7 @@ def read_page_table(indptr: torch.Tensor, indices: torch.Tensor, last_page_len: 
     for t in extra:
         extra_h.append(host[pos: pos + t.numel()])
         pos += t.numel()
-    num_pages = check_csr(n_indptr, indptr_h, indices.numel(), n_indices)
+    num_pages = check_csr(n_indptr, indptr_h, indices.numel(), n_indices, offset=True)
     has_pages = num_pages > 0
     if ((last_h < 1) & has_pages).any() or (last_h > page_size).any() or (last_h < 0).any():
         raise ValueError(f"{n_last}: every entry must be in [1, page_size={page_size}] for a request with pages "
@@ -169,10 +191,11 @@ def read_page_table(indptr: torch.Tensor, indices: torch.Tensor, last_page_len: 
     max_page_id = ids = None
     if read_ids or indices.device.type == "cpu":  # free to check here; device page ids are checked in checked mode
         ids = host[pos:] if read_ids else indices.numpy()
-        if ids.size:
-            if int(ids.min()) < 0:
-                raise ValueError(f"{n_indices}: page ids must be non-negative, got {int(ids.min())}")
-            max_page_id = int(ids.max())
+        used = ids[indptr_h[0]: indptr_h[-1]] if batch else ids[:0]
+        if used.size:
+            if int(used.min()) < 0:
+                raise ValueError(f"{n_indices}: page ids must be non-negative, got {int(used.min())}")
+            max_page_id = int(used.max())
         else:
             max_page_id = -1
     if not indices.is_contiguous():

@@ -10,6 +10,7 @@ constexpr values are assembled.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -91,23 +92,39 @@ class AttentionLauncher:
             mask_ptr=dummy(device, torch.uint8) if mask is None else mask,
             mask_indptr_ptr=i32 if mask_indptr is None else mask_indptr,
             alibi_ptr=f32 if alibi is None else alibi,
-            group=opts.group, num_qo_heads=opts.num_qo_heads, page_size=page_size, soft_cap=opts.logits_soft_cap,
-            rope_rcp_scale=1.0 / opts.rope_scale, rope_log2_rcp_theta=-math.log2(opts.rope_theta),
+            group=opts.group, num_qo_heads=opts.num_qo_heads, page_size=page_size,
         )
         values.update({f"{name}_ptr": meta[name] for name in meta})
-        self.opts, self.cfg = opts, cfg
-        self.plan_args = tuple(values[name] for name in PLAN_ARGS)
+        self.cfg = cfg
         self.grid = (plan.grid_items, opts.num_kv_heads, 1)
         self.f32_dummy = f32
         self.no_params = (f32,) * len(PARAM_TENSORS)
+        self._set_options(opts, values)
+
+    def _set_options(self, opts: AttentionOptions, values: Dict[str, object]) -> None:
+        """The parts that follow the options: their plan-time scalars, constexprs and static key."""
+        values.update(soft_cap=opts.logits_soft_cap, rope_rcp_scale=1.0 / opts.rope_scale,
+                      rope_log2_rcp_theta=-math.log2(opts.rope_theta))
+        self.opts = opts
+        self.plan_args = tuple(values[name] for name in PLAN_ARGS)
         self._constexprs: Dict[tuple, Dict[str, object]] = {}
-        self.launch_id = register_launch(opts, cfg)
+        self.launch_id = register_launch(opts, self.cfg)
         # Everything fixed for this plan, folded into one hash: the per-call key stays short. The
         # workspace views and metadata fields are 16-byte aligned by construction; the caller's
         # tensors (page ids, mask, ALiBi slopes) are checked.
-        self.static_key = hash((id(attention_kernel), cfg.launch_key, opts, page_size,
+        self.static_key = hash((id(attention_kernel), self.cfg.launch_key, opts, values["page_size"],
                                 values["kv_indices_ptr"].data_ptr() & 15 == 0, values["mask_ptr"].data_ptr() & 15 == 0,
                                 values["alibi_ptr"].data_ptr() & 15 == 0))
+
+    def with_options(self, opts: AttentionOptions) -> "AttentionLauncher":
+        """This plan's launcher for other run-time options (causal, soft cap, sm_scale, RoPE scale and
+        theta: ``options.with_run_options``), sharing its work list, workspace and metadata. The
+        configuration does not depend on these options (``select_config`` reads the problem's shape,
+        dtypes, masks and positional encoding), and the work list stays valid: causal only changes
+        the scheduler's work estimate and item order, every item still spans its KV range."""
+        new = copy.copy(self)
+        new._set_options(opts, dict(zip(PLAN_ARGS, self.plan_args)))
+        return new
 
     def constexprs(self, has_window: bool, write_lse: bool, has_sinks: bool) -> Dict[str, object]:
         key = (has_window, write_lse, has_sinks)

@@ -150,6 +150,26 @@ def _make_options(*, num_qo_heads, num_kv_heads, head_dim, head_dim_vo=None, q_d
     )
 
 
+def with_run_options(opts: AttentionOptions, *, pos_encoding_mode: str, logits_soft_cap, sm_scale, rope_scale,
+                     rope_theta, causal: Optional[bool] = None, use_fp16_qk_reduction: bool = False) -> AttentionOptions:
+    """``opts`` under the options FlashInfer's run() reads from the wrapper's attributes (which the
+    legacy ``forward`` and the engines' fast plans write after plan()), validated as plan() does.
+    None keeps ``causal``; the positional encoding is part of the plan (its configuration and
+    tables), so a different one raises NotImplementedError naming it."""
+    new = make_options(num_qo_heads=opts.num_qo_heads, num_kv_heads=opts.num_kv_heads, head_dim=opts.head_dim,
+                       head_dim_vo=opts.head_dim_vo, q_data_type=opts.q_dtype, kv_data_type=opts.kv_dtype,
+                       o_data_type=opts.o_dtype, paged=opts.paged,
+                       causal=opts.causal if causal is None else causal, custom_mask=opts.custom_mask,
+                       pos_encoding_mode=pos_encoding_mode, window_left=opts.window_left,
+                       logits_soft_cap=logits_soft_cap, sm_scale=sm_scale, rope_scale=rope_scale, rope_theta=rope_theta,
+                       use_fp16_qk_reduction=use_fp16_qk_reduction, variant=opts.variant)
+    if new.pos_enc != opts.pos_enc:
+        planned = next(m for m, code in POS_ENCODING_MODES.items() if code == opts.pos_enc)
+        raise NotImplementedError(f"pos_encoding_mode={pos_encoding_mode!r} after plan() with {planned!r}: the "
+                                  f"positional encoding is fixed by plan(); pass it there")
+    return new
+
+
 def scale_arg(name: str, value) -> float:
     """q_scale / k_scale / v_scale: a Python float (a tensor would need a host sync in run())."""
     if value is None:
@@ -169,3 +189,10 @@ def check_backend(backend: str) -> str:
         raise NotImplementedError(f"backend={backend!r}: supported backends are {BACKENDS} (all run the Triton "
                                   f"kernels of flashinfer_triton)")
     return backend
+
+
+def resolved_backend(backend: str) -> str:
+    """The ``_backend`` a wrapper holds after plan(), as FlashInfer resolves it: "auto" becomes "fa2"
+    (the FlashAttention-2 style kernel this library runs; vLLM then uses the fa2 argument form of
+    ``_cached_module.plan``)."""
+    return "fa2" if backend == "auto" else backend
