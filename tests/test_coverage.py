@@ -17,10 +17,13 @@ from flashinfer_triton.attention.device import DeviceInfo
 from flashinfer_triton.attention.options import HEAD_DIM_QK_VO, KV_DTYPES, Q_DTYPES
 from flashinfer_triton.kernels import all_aot_configs
 
-@pytest.fixture(params=[d.family for d in coverage._devices()])
+
+@pytest.fixture(params=[d.family for b in coverage.BACKENDS for d in coverage._devices(b)])
 def family(request, monkeypatch):
     """Plans as on a device of each distinct table (the wrappers read the device through this)."""
-    info = DeviceInfo(request.param, request.param, "cuda", "90", 132, 232448, 32)
+    backend = coverage.backend_of(request.param)
+    info = DeviceInfo(request.param, request.param, backend, "gfx942" if backend == "hip" else "90", 132, 232448,
+                      64 if backend == "hip" else 32)
     monkeypatch.setattr(plan_mod, "device_info", lambda device: info)
     monkeypatch.setattr(block_sparse, "device_info", lambda device: info)
     return request.param
@@ -34,9 +37,9 @@ def _ws():
     return torch.empty(1 << 20, dtype=torch.uint8)
 
 
-def _check(wrapper, q, kv, o, window, lse, sinks, what):
+def _check(wrapper, q, kv, o, window, lse, sinks, what, family="h200"):
     row = coverage.row_of(wrapper.planned.launcher, q, kv, o, window, lse, sinks)
-    missing = coverage.uncovered_pairs(row)
+    missing = coverage.uncovered_pairs(row, coverage.backend_of(family))
     assert not missing, f"{what}: the launcher picks {row}, whose pairs {sorted(missing, key=repr)[:3]} the AOT tier does not compile"
 
 
@@ -75,10 +78,10 @@ def test_every_axis_value(family):
         if q == torch.float32 and group > 64:
             continue  # refused (NotImplementedError): float32 supports groups up to 64
         if hd == hd_vo:
-            _check(_decode(hd, group, q, kv, q, {}), q, kv, q, False, True, False, f"decode d{hd} g{group} {q}/{kv}")
+            _check(_decode(hd, group, q, kv, q, {}), q, kv, q, False, True, False, f"decode d{hd} g{group} {q}/{kv}", family)
         for shape in QO_SHAPES:
             _check(_prefill(hd, hd_vo, group, q, kv, q, shape, True, dict(causal=True)), q, kv, q, False, False, False,
-                   f"prefill d{hd}/{hd_vo} g{group} {q}/{kv} {shape}")
+                   f"prefill d{hd}/{hd_vo} g{group} {q}/{kv} {shape}", family)
 
 
 def test_random_mixes(family):
@@ -103,7 +106,7 @@ def test_random_mixes(family):
                 opts["packed_custom_mask"] = torch.zeros(sum(-(-a * b // 8) for a, b in zip(shape, kv_lens)),
                                                          dtype=torch.uint8)
             w = _prefill(hd, hd_vo, group, q, kv, o, shape, kind == "paged", opts)
-        _check(w, q, kv, o, window or w.planned.opts.window_left >= 0, lse, sinks, f"{kind} {opts} d{hd}/{hd_vo} g{group}")
+        _check(w, q, kv, o, window or w.planned.opts.window_left >= 0, lse, sinks, f"{kind} {opts} d{hd}/{hd_vo} g{group}", family)
 
 
 def _block_sparse(rng, hd, group, q, kv, o):
@@ -140,13 +143,11 @@ def test_block_sparse_wrappers(family):
         group = rng.choice([1, 2, 4, 8, 16, 32, 64] + ([] if q == torch.float32 else [128]))
         w = _block_sparse(rng, hd, group, q, kv, o)
         o = w.planned.opts.o_dtype
-        _check(w, q, kv, o, False, rng.random() < 0.5, False, f"sparse d{hd} g{group} {q}/{kv} {w.planned.cfg}")
+        _check(w, q, kv, o, False, rng.random() < 0.5, False, f"sparse d{hd} g{group} {q}/{kv} {w.planned.cfg}", family)
 
 
 def test_covering_is_what_the_aot_tier_compiles():
-    names = {c.name for c in all_aot_configs() if c.name.startswith("attn_")}
-    assert names == {coverage.config_name(r) for r in coverage.covering()}
-    covered = set()
-    for r in coverage.covering():
-        covered |= coverage._pairs(r)
-    assert coverage.launchable_pairs() <= covered
+    names = {c.name for c in all_aot_configs() if c.name.startswith("attn_") and "variant" not in c.name}
+    assert names == {coverage.config_name(r, b) for b in coverage.BACKENDS for r in coverage.covering(b)}
+    for b in coverage.BACKENDS:
+        assert coverage.launchable_pairs(b) <= coverage.covered_pairs(b)

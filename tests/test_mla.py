@@ -229,7 +229,7 @@ def test_append_mla_into_fp8_cache_converts():
 @pytest.mark.parametrize("family", sorted(MLA_TABLES))
 def test_launcher_picks_only_aot_compiled_configs(family, monkeypatch):
     """Plans on each device table (plan only, no kernel) launch configurations the AOT tier compiles."""
-    hip = family == "mi300"
+    hip = family == "cdna"
     info = DeviceInfo(family, family, "hip" if hip else "cuda", "gfx942" if hip else "90", 132, 232448, 32)
     monkeypatch.setattr(mla_engine, "device_info", lambda device: info)
     compiled = {c.name for c in mla_aot_configs()}

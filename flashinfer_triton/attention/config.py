@@ -72,14 +72,26 @@ _HOPPER = DeviceTable(
     prefill_split=SplitPolicy(programs_per_cu=2, fill_programs_per_cu=1, min_chunk_tokens=256, skew_factor=4),
     masked_prefill_max_stages=2,
 )
-# MI300X (CDNA3): 64 KB LDS, 64-lane wavefronts. Not measured on an MI300X: the Hopper shapes, which
-# the AOT tier shows fit its LDS.
-_MI300 = DeviceTable(**{**_HOPPER.__dict__, "source": "architecture defaults (Hopper shapes that fit 64 KB LDS); "
-                                                    "not measured on an MI300X"})
+# AMD CDNA (MI300X, MI355X): 64-lane wavefronts, 64 KB of LDS on the MI300X. Not measured on an AMD
+# GPU: shapes whose K/V tiles (and the q tile) fit 64 KB with one pipeline stage, as the AOT tier
+# shows for gfx942 with realistic pointer alignment (Hopper's pipelined 128x128 tiles need 128-160 KB).
+_CDNA = DeviceTable(
+    source="architecture defaults for 64 KB LDS (one stage, K/V tiles <= 32 KB); not measured on an MI300X",
+    decode={64: BlockShape(16, 64, 4, 1), 128: BlockShape(16, 64, 4, 1), 256: BlockShape(16, 32, 4, 1)},
+    prefill={64: ((0, 0, BlockShape(64, 64, 4, 1)),), 128: ((0, 0, BlockShape(64, 64, 4, 1)),),
+             256: ((0, 0, BlockShape(64, 16, 4, 1)),)},
+    decode_split=_HOPPER.decode_split,
+    prefill_split=_HOPPER.prefill_split,
+    masked_prefill_max_stages=1,
+)
 _DEFAULT = DeviceTable(**{**_HOPPER.__dict__, "source": "architecture defaults (Hopper shapes); not measured"})
 
-TABLES: Dict[str, DeviceTable] = {"h200": _HOPPER, "h100": _HOPPER, "hopper": _HOPPER, "mi300": _MI300,
+TABLES: Dict[str, DeviceTable] = {"h200": _HOPPER, "h100": _HOPPER, "hopper": _HOPPER, "cdna": _CDNA,
                                   "default": _DEFAULT}
+# Which AOT targets compile each table's configurations (full covering, spot set).
+TABLE_TARGETS: Dict[str, Tuple[str, ...]] = {"h200": ("cuda90", "cuda80"), "h100": ("cuda90", "cuda80"),
+                                              "hopper": ("cuda90", "cuda80"), "default": ("cuda90", "cuda80"),
+                                              "cdna": ("gfx942", "gfx950")}
 
 
 @dataclass(frozen=True)
@@ -222,10 +234,10 @@ _MLA_HOPPER = MLATable(
     split=SplitPolicy(programs_per_cu=1, fill_programs_per_cu=1, min_chunk_tokens=128, skew_factor=4),
 )
 # MI300X: Hopper's shapes, which the AOT tier shows fit its 64 KB of LDS.
-_MLA_MI300 = MLATable(**{**_MLA_HOPPER.__dict__, "source": "architecture default (Hopper's shapes, which fit "
+_MLA_CDNA = MLATable(**{**_MLA_HOPPER.__dict__, "source": "architecture default (Hopper's shapes, which fit "
                                                            "64 KB LDS in the AOT tier), not measured"})
 MLA_TABLES: Dict[str, MLATable] = {"h200": _MLA_HOPPER, "h100": _MLA_HOPPER, "hopper": _MLA_HOPPER,
-                                   "mi300": _MLA_MI300, "default": _MLA_HOPPER}
+                                   "cdna": _MLA_CDNA, "default": _MLA_HOPPER}
 
 
 def mla_table_for(device: DeviceInfo) -> MLATable:

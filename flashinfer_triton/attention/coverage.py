@@ -21,7 +21,7 @@ import torch
 
 from ..kernels import AotConfig
 from ..kernels.attention.kernel import attention_kernel
-from .config import TABLES, select_config
+from .config import TABLE_TARGETS, TABLES, select_config
 from .device import DeviceInfo
 from .launcher import kernel_constexprs
 from .options import HEAD_DIM_QK_VO, KV_DTYPES, O_DTYPES, Q_DTYPES, make_options
@@ -38,12 +38,22 @@ FREE_AXES = {"o": O_DTYPES, "paged": (False, True), "window": (False, True), "so
              "sinks": (False, True), "write_lse": (False, True)}
 
 
-def _devices() -> List[DeviceInfo]:
-    """One modelled device per distinct table (the configuration depends only on the table)."""
+BACKENDS = ("cuda", "hip")
+
+
+def backend_of(family: str) -> str:
+    return "hip" if TABLE_TARGETS[family][0].startswith("gfx") else "cuda"
+
+
+def _devices(backend: str) -> List[DeviceInfo]:
+    """One modelled device per distinct table of a backend (the configuration depends only on the
+    table); each backend's tables compile for that backend's targets (``config.TABLE_TARGETS``)."""
     distinct = {}
     for family, table in TABLES.items():
-        distinct.setdefault(repr({**table.__dict__, "source": None}), family)
-    return [DeviceInfo(family, family, "cuda", "90", 132, 232448, 32) for family in distinct.values()]
+        if backend_of(family) == backend:
+            distinct.setdefault(repr({**table.__dict__, "source": None}), family)
+    arch = "gfx942" if backend == "hip" else "90"
+    return [DeviceInfo(family, family, backend, arch, 132, 232448, 32) for family in distinct.values()]
 
 
 def _shape(cfg) -> Tuple:
@@ -51,7 +61,7 @@ def _shape(cfg) -> Tuple:
 
 
 @functools.lru_cache(maxsize=None)
-def coupled_configs() -> Tuple[Dict[str, object], ...]:
+def coupled_configs(backend: str) -> Tuple[Dict[str, object], ...]:
     """Every combination of the coupled axes (those the block shape depends on, or that constrain
     each other) a launcher can produce, over every table: the free axes at their defaults."""
     out = {}
@@ -61,7 +71,7 @@ def coupled_configs() -> Tuple[Dict[str, object], ...]:
         opts = make_options(num_qo_heads=group, num_kv_heads=1, head_dim=hd, head_dim_vo=hd_vo, q_data_type=q,
                             kv_data_type=kv, paged=True, causal=causal, custom_mask=mask,
                             pos_encoding_mode=("NONE", "ROPE_LLAMA", "ALIBI")[pos_enc])
-        for device in _devices():
+        for device in _devices(backend):
             try:
                 cfg = select_config(opts, device, max_qo, rows, 16)
             except NotImplementedError:  # a combination the launchers refuse
@@ -81,13 +91,13 @@ def _pairs(row: Dict[str, object]):
 
 
 @functools.lru_cache(maxsize=None)
-def launchable_pairs() -> frozenset:
+def launchable_pairs(backend: str) -> frozenset:
     """Every pair of axis values some launchable configuration has: pairs among the coupled axes
     as the tables produce them, and every value of a free axis with every other axis value."""
     pairs = set()
     coupled_axes = [a for a in AXES if a not in FREE_AXES]
     values = set()
-    for row in coupled_configs():
+    for row in coupled_configs(backend):
         vals = [(a, row[a]) for a in coupled_axes]
         values.update(vals)
         pairs.update(_key(p) for p in itertools.combinations(vals, 2))
@@ -99,11 +109,11 @@ def launchable_pairs() -> frozenset:
 
 
 @functools.lru_cache(maxsize=None)
-def covering() -> Tuple[Dict[str, object], ...]:
+def covering(backend: str) -> Tuple[Dict[str, object], ...]:
     """A greedy pairwise covering of ``launchable_pairs``: each new configuration is the coupled
     combination (plus the free values) that covers the most still-uncovered pairs. Pairs are bits
     of Python ints, so a step scores every candidate with one AND and a popcount."""
-    index = {p: i for i, p in enumerate(sorted(launchable_pairs(), key=repr))}
+    index = {p: i for i, p in enumerate(sorted(launchable_pairs(backend), key=repr))}
     coupled_axes = [a for a in AXES if a not in FREE_AXES]
 
     def mask(pairs):
@@ -113,7 +123,7 @@ def covering() -> Tuple[Dict[str, object], ...]:
         return m
 
     candidates = [(row, mask(_key(p) for p in itertools.combinations([(a, row[a]) for a in coupled_axes], 2)))
-                  for row in coupled_configs()]
+                  for row in coupled_configs(backend)]
     uncovered = (1 << len(index)) - 1
     rows = []
     while uncovered:
@@ -133,16 +143,16 @@ def covering() -> Tuple[Dict[str, object], ...]:
     return tuple(rows)
 
 
-def config_name(row: Dict[str, object]) -> str:
+def config_name(row: Dict[str, object], backend: str = "cuda") -> str:
     bm, bn, w, s, mm, mc, prec = row["shape"]
     flags = "".join(c for c, k in (("P", "paged"), ("C", "causal"), ("W", "window"), ("S", "soft_cap"),
                                    ("M", "custom_mask"), ("K", "sinks"), ("L", "write_lse")) if row[k])
     dt = "_".join(str(row[k]).replace("torch.", "").replace("float", "f") for k in ("q", "kv", "o"))
-    return f"attn_{bm}x{bn}w{w}s{s}m{mm}_d{row['head_dim']}v{row['head_dim_vo']}_{dt}_pe{row['pos_enc']}_{flags}"
+    return f"attn_{backend}_{bm}x{bn}w{w}s{s}m{mm}_d{row['head_dim']}v{row['head_dim_vo']}_{dt}_pe{row['pos_enc']}_{flags}"
 
 
-def aot_config(row: Dict[str, object]) -> AotConfig:
-    """The compiled form of one covering row."""
+def aot_config(row: Dict[str, object], backend: str = "cuda") -> AotConfig:
+    """The compiled form of one covering row, for its backend's targets."""
     bm, bn, warps, stages, merge_m, merge_c, precision = row["shape"]
     opts = make_options(num_qo_heads=1, num_kv_heads=1, head_dim=row["head_dim"], head_dim_vo=row["head_dim_vo"],
                         q_data_type=row["q"], kv_data_type=row["kv"], o_data_type=row["o"], paged=row["paged"],
@@ -153,8 +163,9 @@ def aot_config(row: Dict[str, object]) -> AotConfig:
 
     cfg = KernelConfig(bm, bn, warps, stages, merge_m, merge_c, precision, False)
     cx = kernel_constexprs(opts, cfg, row["window"], row["write_lse"], row["sinks"])
+    targets = ("gfx942", "gfx950") if backend == "hip" else ("cuda90", "cuda80")
     return AotConfig(attention_kernel, aot_signature(row["q"], row["kv"], row["o"]), cx, warps, stages,
-                     config_name(row))
+                     config_name(row, backend), targets=targets)
 
 
 def variant_aot_config(variant, param_dtypes=(), *, head_dim: int = 128, dtype=torch.bfloat16, paged: bool = True,
@@ -175,7 +186,7 @@ def variant_aot_config(variant, param_dtypes=(), *, head_dim: int = 128, dtype=t
 def attention_aot_configs() -> List[AotConfig]:
     from ..kernels.attention import merge as km
 
-    configs = [aot_config(row) for row in covering()]
+    configs = [aot_config(row, backend) for backend in BACKENDS for row in covering(backend)]
     for dtype in ("*fp16", "*bf16", "*fp32"):
         for block_d in km.BLOCK_DS:
             block_h = max(1, km.TILE // block_d)
@@ -210,9 +221,14 @@ def row_of(launcher, q_dtype, kv_dtype, o_dtype, has_window: bool, write_lse: bo
                 pos_enc=cx["POS_ENC"], custom_mask=cx["CUSTOM_MASK"], sinks=cx["HAS_SINKS"], write_lse=cx["WRITE_LSE"])
 
 
-def uncovered_pairs(row: Dict[str, object]) -> set:
-    """Pairs of ``row`` that no compiled configuration has (empty when the AOT tier covers it)."""
+@functools.lru_cache(maxsize=None)
+def covered_pairs(backend: str) -> frozenset:
     covered = set()
-    for r in covering():
+    for r in covering(backend):
         covered |= _pairs(r)
-    return _pairs(row) - covered
+    return frozenset(covered)
+
+
+def uncovered_pairs(row: Dict[str, object], backend: str = "cuda") -> set:
+    """Pairs of ``row`` that no configuration compiled for ``backend`` has (empty when covered)."""
+    return _pairs(row) - covered_pairs(backend)

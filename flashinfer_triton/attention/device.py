@@ -22,7 +22,7 @@ INTERPRETER_COMPUTE_UNITS = 16
 @dataclass(frozen=True)
 class DeviceInfo:
     name: str            # e.g. "NVIDIA H200", "AMD Instinct MI300X", "interpreter"
-    family: str          # tuning-table key: "h200", "h100", "hopper", "mi300", "default"
+    family: str          # tuning-table key: "h200", "h100", "hopper", "cdna", "default"
     backend: str         # "cuda", "hip" or "interpreter"
     arch: str            # "90", "gfx942", ... ("" for the interpreter)
     compute_units: int
@@ -38,8 +38,8 @@ def _family(name: str, backend: str, arch: str) -> str:
         if "h100" in lowered or "h800" in lowered:
             return "h100"
         return "hopper"
-    if backend == "hip" and arch.startswith("gfx94"):
-        return "mi300"
+    if backend == "hip":
+        return "cdna"  # MI300X (gfx942), MI355X (gfx950): 64-lane wavefronts, 64 KB of LDS on gfx942
     return "default"
 
 

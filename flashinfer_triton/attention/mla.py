@@ -253,7 +253,7 @@ def run_mla(launcher: MLALauncher, q_nope, q_pe, ckv, kpe, out, lse=None, ckv_sc
 # ---- the AOT list: every table's shape for every dtype pair it runs ----
 
 def _modelled_device(family: str) -> DeviceInfo:
-    backend, arch = ("hip", "gfx942") if family == "mi300" else ("cuda", "90")
+    backend, arch = ("hip", "gfx942") if family == "cdna" else ("cuda", "90")
     return DeviceInfo(family, family, backend, arch, 132, 232448, 32)
 
 

@@ -10,20 +10,13 @@ argument groups the launcher packs, the scheduler's metadata fields, the AOT sig
 
 from __future__ import annotations
 
-import inspect
 from typing import Dict, Mapping, Sequence, Tuple
 
 import torch
 
-from ..kernels import TORCH_TO_TRITON
+from ..kernels import TORCH_TO_TRITON, kernel_parameters
 from ..kernels.attention.kernel import ARG_TYPES, PER_CALL_ARGS, attention_kernel
 
-
-def _parameters(kernel):
-    """(name, is_constexpr) of a @triton.jit function's parameters, from its Python signature (the
-    same under the JIT and the interpreter)."""
-    params = inspect.signature(kernel.fn).parameters.values()
-    return tuple((p.name, "constexpr" in str(p.annotation)) for p in params)
 
 
 def triton_type(dtype: torch.dtype) -> str:
@@ -39,7 +32,7 @@ class KernelSignature:
         name = kernel.fn.__name__
         self.kernel = kernel
         self.arg_types = dict(arg_types)
-        self.all_args = _parameters(kernel)
+        self.all_args = kernel_parameters(kernel)
         self.runtime_args: Tuple[str, ...] = tuple(n for n, cx in self.all_args if not cx)
         self.constexpr_args: Tuple[str, ...] = tuple(n for n, cx in self.all_args if cx)
         if set(self.runtime_args) != set(self.arg_types):

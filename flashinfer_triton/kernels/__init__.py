@@ -8,6 +8,7 @@ for ``cuda:80`` (A100) and ``hip:gfx950`` (MI355X), on a CPU-only machine.
 """
 
 import importlib
+import inspect
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List
@@ -25,6 +26,7 @@ class AotConfig:
     num_stages: int = 2
     name: str = field(default="")
     hip_num_warps: int = 0  # warps on AMD (64-lane wavefronts, 1024 threads a block at most); 0: num_warps
+    targets: tuple = ()     # AOT targets this configuration is for ("cuda90", "gfx942", ...); empty: all
 
     def warps_for(self, backend: str) -> int:
         return self.hip_num_warps if (backend == "hip" and self.hip_num_warps) else self.num_warps
@@ -40,6 +42,13 @@ TORCH_TO_TRITON = {
     "torch.int64": "i64",
     "torch.uint8": "u8",
 }
+
+
+def kernel_parameters(kernel) -> tuple:
+    """(name, is_constexpr) of a @triton.jit function's parameters, from its Python signature (the
+    same under the JIT and the interpreter, whose function objects differ)."""
+    params = inspect.signature(kernel.fn).parameters.values()
+    return tuple((p.name, "constexpr" in str(p.annotation)) for p in params)
 
 
 def ptr(dtype) -> str:

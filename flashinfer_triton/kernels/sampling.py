@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from . import AotConfig, ptr
+from . import AotConfig, kernel_parameters, ptr
 
 KEY_MIN = -(2**31)
 KEY_MAX = 2**31 - 1
@@ -1101,13 +1101,13 @@ def _sig(kernel, **pointers):
     """Signature of a kernel: pointers as given, i64 strides/seeds, fp32 float values, other
     scalars i32, constexprs as such."""
     sig = {}
-    for p in kernel.params:
-        if p.is_constexpr:
-            sig[p.name] = "constexpr"
-        elif p.name.startswith("p_"):
-            sig[p.name] = pointers[p.name]
+    for name, is_constexpr in kernel_parameters(kernel):
+        if is_constexpr:
+            sig[name] = "constexpr"
+        elif name.startswith("p_"):
+            sig[name] = pointers[name]
         else:
-            sig[p.name] = "i64" if p.name in _I64_ARGS else "fp32" if p.name in _F32_ARGS else "i32"
+            sig[name] = "i64" if name in _I64_ARGS else "fp32" if name in _F32_ARGS else "i32"
     return sig
 
 

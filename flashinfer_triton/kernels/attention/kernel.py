@@ -179,11 +179,11 @@ def attention_kernel(
             r_q = q_start + o_r // group
             r_head = kv_head * group + o_r % group
             m_r = (o_r < tile_q * group) & (r_q < qo_len)
-            out, lse = merge_chunks(part_o_ptr, part_lse_ptr, part_base, num_chunks, qo_len, r_q, r_head, m_r,
-                                    num_qo_heads, o_dv, m_dv, HEAD_DIM_VO, MERGE_M, BLOCK_DV, MERGE_BLOCK_C,
-                                    USE_SOFTMAX)
+            merged_out, merged_lse = merge_chunks(part_o_ptr, part_lse_ptr, part_base, num_chunks, qo_len, r_q, r_head,
+                                                  m_r, num_qo_heads, o_dv, m_dv, HEAD_DIM_VO, MERGE_M, BLOCK_DV,
+                                                  MERGE_BLOCK_C, USE_SOFTMAX)
             tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next launch (graph replay)
-            finish_tile(out, lse, o_ptr, lse_ptr, sinks_ptr, (qo_begin + r_q).to(tl.int64), r_head, m_r, o_dv, m_dv,
+            finish_tile(merged_out, merged_lse, o_ptr, lse_ptr, sinks_ptr, (qo_begin + r_q).to(tl.int64), r_head, m_r, o_dv, m_dv,
                         stride_on, stride_oh, num_qo_heads, v_scale, HEAD_DIM_VO, HAS_SINKS, WRITE_LSE)
 
 

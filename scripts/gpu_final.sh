@@ -1,0 +1,26 @@
+# The session's last device calls: every GPU-tier test, then the benchmarks, each step under its own
+# time limit. Results come back as one archive ($OUT allows few files): logs, markdown tables, JSON.
+#   bash scripts/gpu_final.sh tests bench-decode          (call 1)
+#   bash scripts/gpu_final.sh serve prefill sampling ...  (call 2)
+source scripts/device_setup.sh
+set -o pipefail
+RES=/tmp/res; mkdir -p $RES; export OUT_FINAL=$OUT; export OUT=$RES
+for step in "$@"; do
+  echo "=== $step [$(date +%T)]"
+  case $step in
+    tests) timeout 290 python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short tests --ignore=tests/test_aot_compile.py \
+             > $RES/tests_all.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $RES/tests_all.log | tail -30 ;;
+    bench-decode) timeout 190 python3 benchmarks/bench_decode.py --plot --reps 25 2>&1 | tee $RES/bench_decode.log | tail -25 ;;
+    serve) timeout 180 python3 examples/serve.py --quick 2>&1 | tee $RES/serve.log | tail -25 ;;
+    prefill) timeout 100 python3 benchmarks/bench_prefill.py --reps 15 --budget-s 45 2>&1 | tee $RES/bench_prefill.log | tail -14 ;;
+    sampling) timeout 100 python3 benchmarks/bench_sampling.py --budget-s 60 2>&1 | tee $RES/bench_sampling.log | tail -20 ;;
+    cascade) timeout 60 python3 benchmarks/bench_cascade.py 2>&1 | tee $RES/bench_cascade.log | tail -10 ;;
+    sparse) timeout 60 python3 benchmarks/bench_sparse.py --seq-lens 8192 --reps 8 --budget-s 30 2>&1 | tee $RES/bench_sparse.log | tail -16 ;;
+    mla) timeout 60 python3 benchmarks/bench_mla.py --quick --budget 30 2>&1 | tee $RES/bench_mla.log | tail -16 ;;
+    variants) timeout 60 python3 benchmarks/bench_variants.py --budget-s 30 2>&1 | tee $RES/bench_variants.log | tail -14 ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
+cp -r benchmarks/results $RES/results 2>/dev/null
+tar czf $OUT_FINAL/res.tgz -C $RES .
+echo "=== done [$(date +%T)]"
