@@ -162,3 +162,31 @@ def test_merge_device_mismatch():
         flashinfer.merge_state(v, s, v, s.cpu())
     with pytest.raises(ValueError, match="v_a"):
         flashinfer.merge_state(v.cpu(), s.cpu(), v.cpu(), s.cpu())
+
+
+@pytest.mark.parametrize("kind", ["nan", "posinf", "posinf_pair"])
+def test_non_finite_states_follow_the_reference(kind):
+    """A NaN LSE propagates (NaN v and s), +inf dominates (v = mean of the +inf states, s = +inf);
+    -inf stays an empty state. merge_state, merge_state_in_place and merge_states agree."""
+    dtype = LOW_DTYPES[0]
+    v, s = _states(SEQ, 3, 2, 32, dtype, empty_frac=0.0)
+    v = v.clone()
+    s = s.clone()
+    s[1, 0, 1] = float("nan") if kind == "nan" else float("inf")
+    if kind == "posinf_pair":
+        s[1, 2, 1] = float("inf")
+    s[2, 1, 0] = float("-inf")
+    ref_v, ref_s = ref.merge_states(v, s)
+    out_v, out_s = flashinfer.merge_states(v, s)
+    # The rows of the non-finite state match the reference exactly in kind (NaN, +inf), and in value.
+    assert torch.equal(torch.isnan(out_s), torch.isnan(ref_s)) and torch.equal(torch.isposinf(out_s), torch.isposinf(ref_s))
+    assert torch.equal(torch.isnan(out_v), torch.isnan(ref_v))
+    finite = torch.isfinite(ref_v)
+    torch.testing.assert_close(out_v.double()[finite], ref_v[finite], atol=4 * torch.finfo(dtype).eps, rtol=1e-2)
+    pair_v, pair_s = flashinfer.merge_state(v[:, 0], s[:, 0], v[:, 1], s[:, 1])
+    ref2_v, ref2_s = ref.merge_states(v[:, :2], s[:, :2])
+    assert torch.equal(torch.isnan(pair_s), torch.isnan(ref2_s)) and torch.equal(torch.isposinf(pair_s), torch.isposinf(ref2_s))
+    assert torch.equal(torch.isnan(pair_v), torch.isnan(ref2_v))
+    inplace_v, inplace_s = v[:, 0].clone(), s[:, 0].clone()
+    flashinfer.merge_state_in_place(inplace_v, inplace_s, v[:, 1], s[:, 1])
+    assert torch.equal(torch.isnan(inplace_s), torch.isnan(ref2_s)) and torch.equal(torch.isposinf(inplace_s), torch.isposinf(ref2_s))

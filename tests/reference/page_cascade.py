@@ -39,9 +39,27 @@ def append_paged_kv_cache(append_key, append_value, batch_indices, positions, k_
 
 def merge_states(v, s, dtype=torch.float64):
     """v [seq, n, H, D], s [seq, n, H] (base-2 LSE) -> (v [seq, H, D], s [seq, H]) computed in dtype.
-    States with s = -inf weigh 0 (their v is ignored); all-empty gives v = 0, s = -inf."""
+    States with s = -inf weigh 0 (their v is ignored); all-empty gives v = 0, s = -inf. Non-finite
+    states are the limit of finite ones: a NaN s makes the result NaN; s = +inf dominates (the mean
+    v of the +inf states, s = +inf)."""
     v = v.to(dtype)
     s = s.to(dtype)
+    nan = torch.isnan(s).any(dim=1)
+    inf = torch.isposinf(s)
+    any_inf = inf.any(dim=1)
+    s = torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
+    out, lse = _merge_finite(v, torch.where(any_inf[:, None], torch.full_like(s, float("-inf")), s))
+    w_inf = inf.to(dtype)
+    mean_inf = (torch.where(inf[..., None], v, torch.zeros_like(v)) * w_inf[..., None]).sum(1) / \
+        w_inf.sum(1).clamp(min=1)[..., None]
+    out = torch.where(any_inf[..., None], mean_inf, out)
+    lse = torch.where(any_inf, torch.full_like(lse, float("inf")), lse)
+    out = torch.where(nan[..., None], torch.full_like(out, float("nan")), out)
+    lse = torch.where(nan, torch.full_like(lse, float("nan")), lse)
+    return out, lse
+
+
+def _merge_finite(v, s):
     m = s.max(dim=1, keepdim=True).values if s.shape[1] > 0 else torch.full_like(s[:, :1], float("-inf"))
     m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
     w = torch.exp2(s - m)
