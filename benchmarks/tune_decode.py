@@ -27,7 +27,8 @@ import flashinfer_triton  # noqa: E402
 from flashinfer_triton.attention import config  # noqa: E402
 from flashinfer_triton.attention.device import device_info  # noqa: E402
 
-SHAPES = {"1x512": [512], "16x512": [512] * 16, "256x512": [512] * 256, "16x8192": [8192] * 16,
+SHAPES = {"1x16": [16], "1x512": [512], "1x2048": [2048], "1x8192": [8192], "16x512": [512] * 16,
+          "64x512": [512] * 64, "256x512": [512] * 256, "16x8192": [8192] * 16,
           "64x8192": [8192] * 64, "16x32768": [32768] * 16, "64x32768": [32768] * 64, "1x131072": [131072]}
 QUICK = ("1x512", "16x512", "256x512", "16x8192", "16x32768", "64x32768", "1x131072")
 
@@ -54,13 +55,21 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--budget-s", type=float, default=240.0, help="stop sweeping block shapes after this long")
     ap.add_argument("--block-n", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    # Triton's pipeliner divides a paged loop's depth between the page-id load and the K/V copies
+    # that depend on it: num_stages 2-4 keep one K/V buffer (the next copy waits for the current
+    # block's compute), 5-6 two buffers, 7-8 three (the AOT IR shows the buffer counts).
+    ap.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
     ap.add_argument("--ppc", type=int, nargs="+", default=[2, 3, 4, 6, 8], help="programs per compute unit to try")
+    ap.add_argument("--fill", type=int, nargs="+", default=[2], help="split below this many programs per compute unit")
+    ap.add_argument("--min-chunk", type=int, nargs="+", default=[256, 512, 1024], help="smallest chunks to try")
+    ap.add_argument("--shapes", nargs="+", default=None, help="rows to measure (default: all, or the quick set)")
     args = ap.parse_args()
     info = device_info(torch.device("cuda"))
     family = info.family
     base = config.TABLES.get(family, config.TABLES["default"])
     ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-    names = [n for n in SHAPES if not args.quick or n in QUICK] + ["skew64"]
+    names = args.shapes or [n for n in SHAPES if not args.quick or n in QUICK] + ["skew64"]
     batches = {}
     for name in names:
         lens = SHAPES.get(name) or skew64()
@@ -91,8 +100,9 @@ def main():
 
     # Stage 1: the decode block shape for D=128 (BLOCK_N, warps, stages).
     shapes = []
-    for block_n, warps, stages in itertools.product(args.block_n, (4, 8), (2, 3, 4)):
-        if block_n * D * 2 * 2 * stages > info.shared_memory:  # K + V tiles per stage, bf16
+    for block_n, warps, stages in itertools.product(args.block_n, args.warps, args.stages):
+        buffers = max(1, (stages - 1) // 2)  # K/V buffers of a paged loop (see --stages)
+        if block_n * D * 2 * 2 * buffers > info.shared_memory:  # K + V tiles per buffer, bf16
             continue
         shapes.append((block_n, warps, stages))
     best = None
@@ -108,7 +118,7 @@ def main():
             best = (geo, decode, label)
     print(f"best shape: {best[2]} (geo {best[0]:.1f} us)")
     # Stage 2: the split policy with the best shape.
-    for ppc, fill, min_chunk, skew in itertools.product(args.ppc, (2,), (256, 512, 1024), (4,)):
+    for ppc, fill, min_chunk, skew in itertools.product(args.ppc, args.fill, args.min_chunk, (4,)):
         policy = config.SplitPolicy(ppc, fill, min_chunk, skew)
         run_all("split", f"ppc{ppc} fill{fill} min{min_chunk} skew{skew}", decode=best[1], decode_split=policy)
     command = "PYTHONPATH=. python3 benchmarks/tune_decode.py " + " ".join(sys.argv[1:])
