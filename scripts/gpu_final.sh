@@ -14,9 +14,7 @@ for step in "$@"; do
     tests) timeout 290 python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short tests --ignore=tests/test_aot_compile.py \
              > $RES/tests_all.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $RES/tests_all.log | tail -30 ;;
     bench-decode) timeout 190 python3 benchmarks/bench_decode.py --plot --reps 25 2>&1 | tee $RES/bench_decode.log | tail -25 ;;
-    tune-decode) timeout 420 python3 benchmarks/tune_decode.py --reps 15 --budget-s 250 \
-             --shapes 1x16 1x512 1x2048 1x8192 16x512 256x512 64x8192 1x131072 skew64 \
-             --block-n 32 64 128 --warps 4 --stages 2 5 7 --ppc 2 4 8 --fill 2 --min-chunk 128 256 1024 \
+    tune-decode) timeout 420 python3 benchmarks/tune_decode.py --reps 15 --budget-s 250 ${TUNE_ARGS:---shapes 1x16 1x512 1x2048 1x8192 16x512 256x512 64x8192 1x131072 skew64 --block-n 32 64 128 --warps 4 --stages 2 5 7 --ppc 2 4 8 --fill 2 --min-chunk 128 256 1024} \
              2>&1 | tee $RES/tune_decode.log | grep -v "^  FAILED" | tail -40 ;;
     serve) timeout 190 python3 examples/serve.py --quick 2>&1 | tee $RES/serve.log | tail -25 ;;
     prefill) timeout 100 python3 benchmarks/bench_prefill.py --reps 15 --budget-s 45 2>&1 | tee $RES/bench_prefill.log | tail -14 ;;

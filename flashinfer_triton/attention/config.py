@@ -55,10 +55,13 @@ class DeviceTable:
     masked_prefill_max_stages: int         # custom masks / in-kernel RoPE keep more tiles live
 
 
-_HOPPER_SOURCE = ("decode and decode_split: benchmarks/results/tune/decode-h200.json (H200, Triton 3.6, "
-                  "2026-12-01, second run: bn128/w4/s2 led the geometric mean over 1x512..1x131072 and skew64; "
-                  "2 programs per SM, fill 2, min chunk 1024 led the split sweep); prefill: from H100 sweeps of "
-                  "earlier sessions whose outputs were not kept (benchmarks/tune_prefill.py re-measures them)")
+_HOPPER_SOURCE = ("decode: benchmarks/results/tune/decode-h200.json (H200, Triton 3.6, 2026-12-01): bn128/w4/s2 led "
+                  "the shape sweeps' geometric means over 1x16..1x131072 and skew64 (num_stages 5-7, which give "
+                  "the paged loop two or three K/V buffers, won only unsplit short rows and lost the large ones); "
+                  "decode_split from the third run: 2 programs per SM, fill 2, chunks of >= 128 keys (split "
+                  "short requests down to one block per program: 1x2048 38.5 -> 17.6 us) led its geometric "
+                  "mean; prefill: from H100 sweeps of earlier sessions whose outputs were not kept "
+                  "(benchmarks/tune_prefill.py re-measures them)")
 _HOPPER = DeviceTable(
     source=_HOPPER_SOURCE,
     decode={64: BlockShape(16, 128, 4, 2), 128: BlockShape(16, 128, 4, 2), 256: BlockShape(16, 64, 4, 2)},
@@ -68,7 +71,7 @@ _HOPPER = DeviceTable(
               (0, 0, BlockShape(64, 64, 4, 3))),
         256: ((0, 0, BlockShape(128, 64, 8, 2)),),
     },
-    decode_split=SplitPolicy(programs_per_cu=2, fill_programs_per_cu=2, min_chunk_tokens=1024, skew_factor=4),
+    decode_split=SplitPolicy(programs_per_cu=2, fill_programs_per_cu=2, min_chunk_tokens=128, skew_factor=4),
     prefill_split=SplitPolicy(programs_per_cu=2, fill_programs_per_cu=1, min_chunk_tokens=256, skew_factor=4),
     masked_prefill_max_stages=2,
 )
