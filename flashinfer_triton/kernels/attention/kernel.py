@@ -81,14 +81,8 @@ def attention_kernel(
     kv_begin = tl.load(item_kv_begin_ptr + item).to(tl.int64)
     kv_len = tl.load(item_kv_len_ptr + item)
     part_base = tl.load(item_part_base_ptr + item)
-    counter = merge_counter_ptr + tl.load(item_counter_ptr + item) * tl.num_programs(1) + kv_head
     if req < 0:  # padding item of a CUDA-graph sized grid
         return
-    if part_base >= 0:
-        # Bring the split tile's merge counter into L2 now, beside the q and page-id loads, so the
-        # atomic after the tile loop is an L2 round trip, not a DRAM one (the KV stream evicts it).
-        # Adding `q_start >> 31` (0: q_start >= 0) keeps the compiler from dropping an add of 0.
-        tl.atomic_add(counter, q_start >> 31, sem="relaxed", scope="gpu")
     tile_q = BLOCK_M // group
 
     # Rows of the tile: (query, head) pairs; queries sit at bottom-right aligned positions.
@@ -175,6 +169,7 @@ def attention_kernel(
         tl.store(part_o_ptr + part_row[:, None] * HEAD_DIM_VO + o_dv[None, :], out, mask=m_row[:, None] & m_dv[None, :])
         tl.store(part_lse_ptr + part_row, lse, mask=m_row)
         tl.debug_barrier()  # every thread's partial is stored before the counter moves (release below)
+        counter = merge_counter_ptr + tl.load(item_counter_ptr + item) * tl.num_programs(1) + kv_head
         finished = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         if finished == num_chunks - 1:
             tl.debug_barrier()
