@@ -16,13 +16,20 @@ for step in "$@"; do
     bench-decode) timeout 190 python3 benchmarks/bench_decode.py --plot --reps 25 2>&1 | tee $RES/bench_decode.log | tail -25 ;;
     tune-decode) timeout 420 python3 benchmarks/tune_decode.py --reps 15 --budget-s 250 ${TUNE_ARGS:---shapes 1x16 1x512 1x2048 1x8192 16x512 256x512 64x8192 1x131072 skew64 --block-n 32 64 128 --warps 4 --stages 2 5 7 --ppc 2 4 8 --fill 2 --min-chunk 128 256 1024} \
              2>&1 | tee $RES/tune_decode.log | grep -v "^  FAILED" | tail -40 ;;
+    warm-fi-bg) (timeout 400 python3 benchmarks/warm_flashinfer.py > $RES/warm_fi.log 2>&1 &) ;;
+    warm-fi-wait) for i in $(seq 1 80); do [ $(grep -c "^warm_flashinfer:" $RES/warm_fi.log 2>/dev/null || echo 0) -ge 5 ] && break; sleep 5; done;
+             cat $RES/warm_fi.log | grep -v Warning | tail -8 ;;
+    tests-focus) timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short tests/test_decode.py tests/test_engine_replay.py \
+             tests/test_wrapper_state.py tests/test_cascade.py tests/test_serving.py tests/test_bad_inputs.py tests/test_large_index.py \
+             > $RES/tests_focus.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $RES/tests_focus.log | tail -30 ;;
+    serve-long) timeout ${SERVE_TIMEOUT:-300} python3 examples/serve.py --quick 2>&1 | tee $RES/serve.log | tail -30 ;;
     serve) timeout 190 python3 examples/serve.py --quick 2>&1 | tee $RES/serve.log | tail -25 ;;
     prefill) timeout 100 python3 benchmarks/bench_prefill.py --reps 15 --budget-s 45 2>&1 | tee $RES/bench_prefill.log | tail -14 ;;
     sampling) timeout 100 python3 benchmarks/bench_sampling.py --budget-s 60 2>&1 | tee $RES/bench_sampling.log | tail -20 ;;
     cascade) timeout 60 python3 benchmarks/bench_cascade.py 2>&1 | tee $RES/bench_cascade.log | tail -10 ;;
-    sparse) timeout 60 python3 benchmarks/bench_sparse.py --seq-lens 8192 --reps 8 --budget-s 30 2>&1 | tee $RES/bench_sparse.log | tail -16 ;;
-    mla) timeout 60 python3 benchmarks/bench_mla.py --quick --budget 30 2>&1 | tee $RES/bench_mla.log | tail -16 ;;
-    variants) timeout 60 python3 benchmarks/bench_variants.py --budget-s 30 2>&1 | tee $RES/bench_variants.log | tail -14 ;;
+    sparse) timeout ${STEP_TIMEOUT:-60} python3 benchmarks/bench_sparse.py --seq-lens 8192 --reps 8 --budget-s ${STEP_BUDGET:-30} 2>&1 | tee $RES/bench_sparse.log | tail -16 ;;
+    mla) timeout ${STEP_TIMEOUT:-60} python3 benchmarks/bench_mla.py --quick --budget ${STEP_BUDGET:-30} 2>&1 | tee $RES/bench_mla.log | tail -16 ;;
+    variants) timeout ${STEP_TIMEOUT:-60} python3 benchmarks/bench_variants.py --budget-s ${STEP_BUDGET:-30} 2>&1 | tee $RES/bench_variants.log | tail -14 ;;
     *) echo "unknown step $step" ;;
   esac
 done
