@@ -249,21 +249,26 @@ class DeviceMetadata:
         self.views: Dict[str, torch.Tensor] = {}
         self._layout = None
         self._copied = None
+        self._cuda = device.type == "cuda"
+        self._staged = (0, None, None, None)  # (n, pinned[:n] as numpy, pinned[:n], buffer[:n]): plans of one size reuse them
 
     def upload(self, plan: WorkPlan, non_blocking: bool = True) -> Dict[str, torch.Tensor]:
         n = plan.host.shape[0]
         if self.fixed and self._layout is not None and self._layout != plan.offsets:
             raise ValueError("plan: under CUDA graphs a new plan must keep the batch size and buffer sizes "
                              "of the captured one")
-        if self.buffer is None or self.buffer.numel() < n:
-            self.buffer = torch.empty(n, dtype=torch.int32, device=self.device)
-            self.pinned = torch.empty(n, dtype=torch.int32, pin_memory=self.device.type == "cuda")
+        if self._staged[0] != n:
+            if self.buffer is None or self.buffer.numel() < n:
+                self.buffer = torch.empty(n, dtype=torch.int32, device=self.device)
+                self.pinned = torch.empty(n, dtype=torch.int32, pin_memory=self._cuda)
+            pinned = self.pinned[:n]
+            self._staged = (n, pinned.numpy(), pinned, self.buffer[:n])
+        _, staged, pinned, dst = self._staged
         if self._copied is not None:
             self._copied.synchronize()  # the previous async copy may still read the pinned buffer
-        pinned = self.pinned[:n]
-        pinned.numpy()[:] = plan.host
-        async_copy = non_blocking and self.device.type == "cuda"
-        self.buffer[:n].copy_(pinned, non_blocking=async_copy)
+        staged[:] = plan.host
+        async_copy = non_blocking and self._cuda
+        dst.copy_(pinned, non_blocking=async_copy)
         if async_copy:
             if self._copied is None:
                 self._copied = torch.cuda.Event()
