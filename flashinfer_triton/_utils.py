@@ -78,7 +78,10 @@ def check_shape(name: str, t: torch.Tensor, shape: Sequence[Optional[int]]) -> N
 
 
 def check_int32_index(name: str, t, numel: Optional[int] = None, device=None) -> torch.Tensor:
-    check_tensor(name, t, dtypes=(torch.int32,), ndim=1, device=device)
+    # The common case in a few attribute reads (plan() checks three per call); check_tensor words errors.
+    if not (isinstance(t, torch.Tensor) and t.dtype == torch.int32 and t.dim() == 1
+            and (device is None or t.device == device)):
+        check_tensor(name, t, dtypes=(torch.int32,), ndim=1, device=device)
     if numel is not None and t.numel() != numel:
         raise ValueError(f"{name}: expected {numel} entries, got {t.numel()}")
     return t

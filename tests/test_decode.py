@@ -154,6 +154,29 @@ def test_split_and_unsplit_agree():
     _check_decode(out2, lse2, q, ks, vs, dtype)
 
 
+def test_replans_reuse_merge_counters_the_kernel_reset():
+    """plan() zeroes only merge counters its workspace has not handed out before (the kernel resets
+    those it used): split plans of growing batches over a poisoned buffer stay exact, and every
+    counter is back at zero after each run."""
+    from flashinfer_triton.attention.workspace import counter_reserve
+
+    dtype = LOW_DTYPES[0]
+    gen = torch.Generator().manual_seed(torch.initial_seed())
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.full((WS_BYTES,), 0x7F, dtype=torch.uint8, device=DEVICE))
+    ws = w._workspace
+    end = ws.offset + ws.size
+    counters = ws._bytes[end - counter_reserve(ws.size): end].view(torch.int32)
+    long = gpu_or_cpu(1300, 30000)
+    for kv_lens in ([long, 3], [long, long, 5, long], [long, 3]):
+        cache, indptr, indices, last, ks, vs = build_paged_cache(kv_lens, 16, 2, 64, dtype, DEVICE, generator=gen)
+        q = torch.randn(len(kv_lens), 4, 64, generator=gen).to(dtype).to(DEVICE)
+        w.plan(indptr, indices, last, 4, 2, 64, 16, q_data_type=dtype)
+        assert w.planned.plan.num_split_requests == sum(n == long for n in kv_lens)
+        out, lse = w.run(q, cache, return_lse=True)
+        _check_decode(out, lse, q, ks, vs, dtype)
+        assert int(counters[: ws._zeroed].abs().sum()) == 0
+
+
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 def test_single_decode(layout):
     dtype = LOW_DTYPES[0]

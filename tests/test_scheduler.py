@@ -9,7 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flashinfer_triton.attention.config import SplitPolicy
-from flashinfer_triton.attention.scheduler import ITEM_FIELDS, choose_chunk, max_grid, plan_work
+from flashinfer_triton.attention.scheduler import (
+    ITEM_FIELDS, _one_tile_items, _tiled_items, choose_chunk, max_grid, plan_work,
+)
 
 POLICIES = [SplitPolicy(2, 2, 256, 4), SplitPolicy(2, 1, 64, 4), SplitPolicy(1, 1, 16, 2)]
 
@@ -158,3 +160,20 @@ def test_qo_begin_overrides_rows_not_lengths(split):
     req = f["item_req"][: plan.num_items]
     assert (f["item_qo_begin"][: plan.num_items] == qo_begin[req]).all()
     assert (f["item_qo_len"][: plan.num_items] == qo_lens[req]).all()
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from([0, 1, 2, 15, 16, 17, 100, 255, 256, 257, 1000, 4096, 20000]), min_size=1, max_size=40),
+       st.sampled_from([1, 2, 4, 16]), st.sampled_from([0, 16, 64, 128, 1024]), st.booleans(), st.booleans())
+def test_one_tile_items_match_the_general_path(kv_lens, tile_q, chunk, multi_row, heads_major):
+    """Decode-shaped batches (each request one q tile) take ``_one_tile_items``: the same fields,
+    partial rows and counters as the general path, split or not."""
+    kv_lens = np.array(kv_lens, dtype=np.int64)
+    batch = len(kv_lens)
+    qo_lens = (np.arange(batch) % tile_q + 1) if multi_row else np.ones(batch, dtype=np.int64)
+    qo_begin = np.arange(batch, dtype=np.int64) * 5 + 2 if heads_major else np.cumsum(qo_lens) - qo_lens
+    kv_begin = np.cumsum(kv_lens) - kv_lens + 3
+    fast = _one_tile_items(qo_begin, qo_lens, kv_begin, kv_lens, chunk)
+    general = _tiled_items(qo_begin, qo_lens, kv_begin, kv_lens, np.ones(batch, dtype=np.int64), tile_q, chunk, False)
+    assert fast[0].shape == general[0].shape and (fast[0] == general[0]).all()
+    assert fast[1:] == general[1:]

@@ -120,8 +120,8 @@ def check_page_size(page_size) -> int:
 def host_int64(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     """Concatenate int32 index tensors on the host as int64: no device work when they already live
     there, otherwise one device-to-host copy for all of them."""
-    if all(t.device.type == "cpu" for t in tensors):
-        return np.concatenate([t.numpy() for t in tensors]).astype(np.int64) if tensors else np.zeros(0, np.int64)
+    if all(t.is_cpu for t in tensors):
+        return np.concatenate([t.numpy() for t in tensors], dtype=np.int64) if tensors else np.zeros(0, np.int64)
     device = next(t.device for t in tensors if t.device.type != "cpu")
     return torch.cat([t.to(device) for t in tensors]).cpu().numpy().astype(np.int64)
 
@@ -132,8 +132,8 @@ def check_csr(name: str, indptr_h: np.ndarray, count: Optional[int] = None, coun
     With ``offset`` (page tables, as FlashInfer reads them) it may start above 0 and end before
     ``count``: request b owns entries ``indptr[b]:indptr[b+1]`` of a longer array (vLLM plans its
     prefills over a slice of the batch's indptr and all its indices; SGLang pads the indices)."""
-    lens = np.diff(indptr_h)
-    if indptr_h.shape[0] and ((indptr_h[0] < 0 if offset else indptr_h[0] != 0) or (lens < 0).any()):
+    lens = indptr_h[1:] - indptr_h[:-1]
+    if indptr_h.shape[0] and ((indptr_h[0] < 0 if offset else indptr_h[0] != 0) or lens.min(initial=0) < 0):
         raise ValueError(f"{name}: expected a non-decreasing CSR offset array starting at "
                          f"{'a non-negative offset' if offset else '0'}")
     if count is not None and indptr_h.shape[0] and (indptr_h[-1] > count if offset else indptr_h[-1] != count):
@@ -183,11 +183,11 @@ def read_page_table(indptr: torch.Tensor, indices: torch.Tensor, last_page_len: 
         extra_h.append(host[pos: pos + t.numel()])
         pos += t.numel()
     num_pages = check_csr(n_indptr, indptr_h, indices.numel(), n_indices, offset=True)
-    has_pages = num_pages > 0
-    if ((last_h < 1) & has_pages).any() or (last_h > page_size).any() or (last_h < 0).any():
+    # In [1, page_size] with pages, [0, page_size] without: at least has_pages (0 or 1), at most page_size.
+    if ((last_h < (num_pages > 0)) | (last_h > page_size)).any():
         raise ValueError(f"{n_last}: every entry must be in [1, page_size={page_size}] for a request with pages "
                          f"(0 for a request without)")
-    kv_len = np.where(has_pages, (num_pages - 1) * page_size + last_h, 0)
+    kv_len = np.maximum((num_pages - 1) * page_size + last_h, 0)  # a request without pages: -page_size + [0, page_size]
     max_page_id = ids = None
     if read_ids or indices.device.type == "cpu":  # free to check here; device page ids are checked in checked mode
         ids = host[pos:] if read_ids else indices.numpy()

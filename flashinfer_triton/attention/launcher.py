@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import operator
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -23,7 +24,7 @@ from ..kernels.attention.kernel import attention_kernel
 from .config import KernelConfig, block_d
 from .kv import KVView
 from .options import AttentionOptions
-from .signature import CONSTEXPR_ARGS, PARAM_TENSORS, PLAN_ARGS
+from .signature import CONSTEXPR_ARGS, META_FIELDS, PARAM_TENSORS, PLAN_ARGS
 from .scheduler import WorkPlan
 from .variant import launch_errors
 
@@ -49,6 +50,26 @@ def register_launch(opts: AttentionOptions, cfg: KernelConfig) -> int:
         index = _LAUNCH_IDS[key] = len(LAUNCH_CONFIGS)
         LAUNCH_CONFIGS.append(key)
     return index
+
+
+_META_PTRS = {name: f"{name}_ptr" for name in META_FIELDS}
+_plan_args = operator.itemgetter(*PLAN_ARGS)  # a values dict -> the plan-time arguments, in order
+_STATIC_KEYS: Dict[tuple, tuple] = {}
+
+
+def _static_keys(opts: AttentionOptions, cfg: KernelConfig, page_size: int, aligned: tuple) -> Tuple[int, int]:
+    """(launch id, static key): everything fixed for a plan, folded into one hash so the per-call
+    key stays short. Cached by the identity of the options and config (plan() gets the same
+    cached objects every step; hashing them is most of the cost); the entry holds them, so their
+    ids stay theirs."""
+    key = (id(opts), id(cfg), page_size, aligned)
+    hit = _STATIC_KEYS.get(key)
+    if hit is None:
+        if len(_STATIC_KEYS) > 4096:
+            _STATIC_KEYS.clear()
+        static = hash((id(attention_kernel), cfg.launch_key, opts, page_size) + aligned)
+        hit = _STATIC_KEYS[key] = (opts, cfg, register_launch(opts, cfg), static)
+    return hit[2], hit[3]
 
 
 def launch_flags(has_window: bool, write_lse: bool, has_sinks: bool) -> int:
@@ -94,7 +115,7 @@ class AttentionLauncher:
             alibi_ptr=f32 if alibi is None else alibi,
             group=opts.group, num_qo_heads=opts.num_qo_heads, page_size=page_size,
         )
-        values.update({f"{name}_ptr": meta[name] for name in meta})
+        values.update({_META_PTRS[name]: view for name, view in meta.items()})
         self.cfg = cfg
         self.grid = (plan.grid_items, opts.num_kv_heads, 1)
         self.f32_dummy = f32
@@ -106,15 +127,12 @@ class AttentionLauncher:
         values.update(soft_cap=opts.logits_soft_cap, rope_rcp_scale=1.0 / opts.rope_scale,
                       rope_log2_rcp_theta=-math.log2(opts.rope_theta))
         self.opts = opts
-        self.plan_args = tuple(values[name] for name in PLAN_ARGS)
+        self.plan_args = _plan_args(values)
         self._constexprs: Dict[tuple, Dict[str, object]] = {}
-        self.launch_id = register_launch(opts, self.cfg)
-        # Everything fixed for this plan, folded into one hash: the per-call key stays short. The
-        # workspace views and metadata fields are 16-byte aligned by construction; the caller's
+        # The workspace views and metadata fields are 16-byte aligned by construction; the caller's
         # tensors (page ids, mask, ALiBi slopes) are checked.
-        self.static_key = hash((id(attention_kernel), self.cfg.launch_key, opts, values["page_size"],
-                                values["kv_indices_ptr"].data_ptr() & 15 == 0, values["mask_ptr"].data_ptr() & 15 == 0,
-                                values["alibi_ptr"].data_ptr() & 15 == 0))
+        aligned = tuple(values[name].data_ptr() & 15 == 0 for name in ("kv_indices_ptr", "mask_ptr", "alibi_ptr"))
+        self.launch_id, self.static_key = _static_keys(opts, self.cfg, values["page_size"], aligned)
 
     def with_options(self, opts: AttentionOptions) -> "AttentionLauncher":
         """This plan's launcher for other run-time options (causal, soft cap, sm_scale, RoPE scale and

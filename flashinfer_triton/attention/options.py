@@ -87,7 +87,7 @@ def plan_dtypes(q_data_type, kv_data_type, o_data_type):
 def make_options(**kwargs) -> AttentionOptions:
     """Validate the options of an attention problem (keyword arguments of ``_make_options``); the
     same arguments give the same (cached) object, so a plan() per step pays for the checks once."""
-    key = tuple(sorted(kwargs.items()))
+    key = tuple(kwargs.items())  # call sites pass their keywords in one order (another order: one more entry)
     try:
         hit = _OPTIONS.get(key)
     except TypeError:  # an unhashable argument: validate without the cache (and raise a clear error)

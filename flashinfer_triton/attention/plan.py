@@ -72,8 +72,7 @@ def plan_attention(opts: AttentionOptions, workspace: Workspace, meta: DeviceMet
     ``qo_begin`` [B]: each request's first q/o row when not ``qo_indptr[:-1]`` (``plan_work``)."""
     device = workspace.device
     info = device_info(device)
-    qo_len = np.diff(qo_indptr)
-    max_qo_len = int(qo_len.max(initial=0)) if config_qo_len is None else config_qo_len
+    max_qo_len = int(np.diff(qo_indptr).max(initial=0)) if config_qo_len is None else config_qo_len
     total_rows = int(qo_indptr[-1]) if config_rows is None else config_rows
     if cfg is None:
         cfg = select_config(opts, info, max(max_qo_len, 1), total_rows, page_size)

@@ -31,6 +31,8 @@ class Workspace:
         if self._bytes is None:
             raise ValueError("float_workspace_buffer: expected a contiguous tensor")
         self._views: Dict[tuple, tuple] = {}
+        self._counters: Optional[torch.Tensor] = None  # the counter reserve, as int32
+        self._zeroed = 0  # leading counters this Workspace has zeroed (see counters())
 
     @property
     def device(self) -> torch.device:
@@ -68,14 +70,23 @@ class Workspace:
         return counter_reserve(self.size) // 4
 
     def counters(self, n: int) -> torch.Tensor:
-        """``n`` int32 merge counters, zeroed (an asynchronous memset on the device's stream). The
-        kernel leaves every counter it uses at zero again, so CUDA-graph replays start clean."""
+        """``n`` int32 merge counters, at zero when the next launch reads them. The kernel leaves
+        every counter it uses at zero again (its merge resets it), so only counters this Workspace
+        has not handed out before need a memset (an asynchronous one on the device's stream): a plan
+        per decode step launches none. CUDA-graph replays start clean for the same reason."""
         if n > self.max_counters():
             raise ValueError(f"float_workspace_buffer: this plan needs {n} merge counters, the buffer keeps "
                              f"{self.max_counters()}; pass a larger buffer or disable_split_kv=True")
-        end = self.offset + self.size
-        view = self._bytes[end - counter_reserve(self.size): end].view(torch.int32)[: max(n, 1)]
-        view.zero_()
+        if self._counters is None:
+            end = self.offset + self.size
+            self._counters = self._bytes[end - counter_reserve(self.size): end].view(torch.int32)
+        n = max(n, 1)
+        if n > self._zeroed:
+            self._counters[self._zeroed: n].zero_()
+            self._zeroed = n
+        view = self._views.get(("counters", n))
+        if view is None:
+            view = self._views[("counters", n)] = self._counters[:n]
         return view
 
 
