@@ -16,6 +16,12 @@ import torch
 _ALIGN = 256
 
 
+# id() of the Workspace that last handed out partials or counters of each buffer (by data pointer).
+# Another Workspace over the same buffer (a cascade region, a wrapper with a different size) may have
+# written partials over this one's counters since, so a change of hands re-zeroes them.
+_LAST_USER: Dict[int, int] = {}
+
+
 def counter_reserve(size: int) -> int:
     """Bytes at the end of a region kept for merge counters: 1 MiB, or 1/16 of a small region."""
     return min(1 << 20, size // 16) // _ALIGN * _ALIGN
@@ -50,6 +56,7 @@ class Workspace:
     def partials(self, rows: int, num_qo_heads: int, head_dim_vo: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """float32 partial v ``[rows * num_qo_heads * head_dim_vo]`` and lse ``[rows * num_qo_heads]``
         (views of the region; the same request returns the same views)."""
+        self._claim()
         key = ("partials", rows, num_qo_heads, head_dim_vo)
         hit = self._views.get(key)
         if hit is not None:
@@ -69,11 +76,20 @@ class Workspace:
     def max_counters(self) -> int:
         return counter_reserve(self.size) // 4
 
+    def _claim(self) -> None:
+        """Mark this Workspace as its buffer's last user; if another one was, its counters must be
+        zeroed again before they are handed out."""
+        ptr = self._bytes.data_ptr()
+        if _LAST_USER.get(ptr) != id(self):
+            _LAST_USER[ptr] = id(self)
+            self._zeroed = 0
+
     def counters(self, n: int) -> torch.Tensor:
         """``n`` int32 merge counters, at zero when the next launch reads them. The kernel leaves
         every counter it uses at zero again (its merge resets it), so only counters this Workspace
         has not handed out before need a memset (an asynchronous one on the device's stream): a plan
-        per decode step launches none. CUDA-graph replays start clean for the same reason."""
+        per decode step launches none. CUDA-graph replays start clean for the same reason. When
+        another Workspace used the buffer in between, all of them are zeroed again."""
         if n > self.max_counters():
             raise ValueError(f"float_workspace_buffer: this plan needs {n} merge counters, the buffer keeps "
                              f"{self.max_counters()}; pass a larger buffer or disable_split_kv=True")
@@ -81,6 +97,7 @@ class Workspace:
             end = self.offset + self.size
             self._counters = self._bytes[end - counter_reserve(self.size): end].view(torch.int32)
         n = max(n, 1)
+        self._claim()
         if n > self._zeroed:
             self._counters[self._zeroed: n].zero_()
             self._zeroed = n
