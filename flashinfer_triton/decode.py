@@ -432,7 +432,7 @@ class BatchDecodeWithPagedKVCacheWrapper(WrapperState):
         opts = launcher.opts
         kv = self._kv_view(paged_kv_cache)
         b = self._batch_size
-        if q.shape != (b, opts.num_qo_heads, opts.head_dim) or q.dtype != opts.q_dtype or q.device != self.device \
+        if not isinstance(q, torch.Tensor) or q.shape != (b, opts.num_qo_heads, opts.head_dim) or q.dtype != opts.q_dtype or q.device != self.device \
                 or q.stride(-1) != 1:
             self._raise_bad_q(q)
         if out is None:

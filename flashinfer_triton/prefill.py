@@ -349,6 +349,8 @@ class _BatchPrefillBase(WrapperState):
         launcher = last[2] if last[0] is self._plan_info and last[1] == self._run_key() else self._launcher()
         opts = launcher.opts
         n = self._total_rows
+        if not isinstance(q, torch.Tensor):
+            raise TypeError(f"q: expected a torch.Tensor, got {type(q).__name__}")
         if q.dim() != 3 or q.shape[0] != n or q.shape[1] != opts.num_qo_heads or q.shape[2] != opts.head_dim:
             raise ValueError(f"q: expected shape [{n}, {opts.num_qo_heads}, {opts.head_dim}] (qo_indptr[-1], heads, "
                              f"head_dim_qk as planned), got {list(q.shape)}")

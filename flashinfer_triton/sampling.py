@@ -22,12 +22,14 @@ below, with a fake implementation); eager calls go straight to the launchers.
 
 from __future__ import annotations
 
+import math
 from enum import IntEnum
 from numbers import Integral, Real
 from typing import Optional, Tuple, Union
 
 import torch
 
+from . import _checks
 from ._utils import check_tensor, interpreter_active, num_compute_units
 from .kernels import sampling as K
 
@@ -353,6 +355,8 @@ def _check_indices(indices, x: torch.Tensor) -> Optional[torch.Tensor]:
     if indices is None:
         return None
     check_tensor("indices", indices, dtypes=(torch.int32, torch.int64), ndim=1, device=x.device)
+    if _checks.ENABLED:
+        _checks.check_in_range("indices", indices, 0, x.shape[0], "a row of the input")
     return indices.to(torch.int32).contiguous()
 
 
@@ -367,6 +371,10 @@ def _scalar_or_rows(name: str, v, batch: int, device, integer: bool):
         if v.shape[0] != batch:
             raise ValueError(f"{name}: expected shape [{batch}] (one value per output row), got {list(v.shape)}")
         v = v.to(torch.int32 if integer else torch.float32).contiguous()
+        if _checks.ENABLED and not integer:
+            _checks.check_no_nan(name, v)
+            if name == "temperature":
+                _checks.require(v == 0, lambda i: f"temperature[{i[0]}] = 0: expected a non-zero temperature")
         return v, 0, 2
     if isinstance(v, bool):
         raise TypeError(f"{name}: expected {'an int' if integer else 'a float'} or a tensor, got bool")
@@ -380,7 +388,13 @@ def _scalar_or_rows(name: str, v, batch: int, device, integer: bool):
         return None, v, 1
     if not isinstance(v, Real):
         raise TypeError(f"{name}: expected a float or a float tensor of shape [{batch}], got {type(v).__name__}")
-    return None, float(v), 1
+    v = float(v)
+    if math.isnan(v):  # would silently keep every token (top_p, min_p) or give NaN probabilities
+        raise ValueError(f"{name}: expected a number, got nan")
+    if name == "temperature" and v == 0:
+        raise ValueError("temperature: expected a non-zero temperature, got 0 (softmax(logits / 0) is undefined; "
+                         "use argmax for greedy decoding)")
+    return None, v, 1
 
 
 def _check_generator(generator) -> None:
@@ -825,6 +839,8 @@ def chain_speculative_sampling(draft_probs, draft_token_ids, target_probs,
                 raise ValueError(f"{name}: expected a contiguous tensor of shape [{b}], got {list(t.shape)}")
         outs.append(t)
     acc, emit = outs
+    if _checks.ENABLED:
+        _checks.check_in_range("draft_token_ids", draft_token_ids, 0, vocab, "a token id of the vocabulary")
     draft_probs = draft_probs.float().contiguous()
     target_probs = target_probs.float().contiguous()
     draft_token_ids = draft_token_ids.to(torch.int32).contiguous()

@@ -5,8 +5,12 @@ error naming the argument or the reference answer. Then the checked mode
 error naming the argument and its first bad element, the default mode stays unchecked and never
 writes outside the cache, and property tests (hypothesis) over random page tables.
 
-Rows for decode/prefill/cascade and sampling go in the marked sections of ``STRUCTURE_CASES`` and
-``VALUE_CASES`` (same row format: an ``Op`` with its index arguments, or a ``ValueCase``).
+Sampling: the ``indices`` and per-row top_k/top_p/temperature tensors are rows of the structure
+table (one-hot rows make a sample exact); argument errors, NaN/zero parameters and FlashInfer's
+out-of-range semantics (top_k <= 0, top_p >= 1, min_p > 1, negative temperature) have their own
+rows. Attention: the run() inputs of the paged decode and prefill wrappers (q, the cache, out,
+lse, sinks), and page ids against the cache in checked mode (plan() index arguments are in
+test_decode.py / test_prefill.py).
 
 Inputs come from fixed seeds (``torch.manual_seed(0)`` in each builder); ids say the op, the
 argument and the input.
@@ -270,9 +274,96 @@ for _name in ("apply_rope_pos_ids", "apply_rope_pos_ids_inplace", "apply_llama31
 for _name in ("apply_rope_with_cos_sin_cache", "apply_rope_with_cos_sin_cache_inplace"):
     _ROPE_OPS.append(Op(_name, _rope_cache_args, *_rope_fn(_name), {"positions": Arg((INT32, INT64), "any")}))
 
-STRUCTURE_OPS = _PAGE_OPS + _ROPE_OPS
-# ---- attention (decode / prefill / cascade): Ops for plan()/run() index arguments go here
-# ---- sampling: Ops for `indices`, per-row top_k/top_p tensors, draft token ids go here
+# ---- sampling: `indices` and the per-row top_k / top_p / temperature tensors
+
+SROWS, SVOCAB = 6, 32
+_SAMPLE_INDICES = [5, 0, 2, 2, 4]  # output row i is drawn from input row _SAMPLE_INDICES[i]
+
+
+def _onehot_args():
+    """One-hot rows (a different token per row): a sample is exact, whatever the random draw."""
+    hot = torch.tensor([3, 17, 0, 31, 8, 20])
+    probs = torch.zeros(SROWS, SVOCAB)
+    probs[torch.arange(SROWS), hot] = 1.0
+    return dict(probs=probs.to(DEVICE), hot=hot, indices=torch.tensor(_SAMPLE_INDICES, **I32))
+
+
+def _call_sample_indices(a):
+    return fi.sampling_from_probs(a["probs"], a["indices"], generator=_sampling_gen())
+
+
+def _check_sample_indices(a, got):
+    """hot[indices]; a one_long mutation repeats the last index, so its last output is repeated."""
+    idx = a["indices"].long().cpu()
+    idx = torch.cat([idx, idx[-1:].expand(got.shape[0] - idx.shape[0])])
+    assert torch.equal(got.cpu().long(), a["hot"][idx])
+
+
+def _sampling_gen():
+    g = torch.Generator(device=DEVICE)
+    g.manual_seed(0)
+    return g
+
+
+def _renorm_args():
+    torch.manual_seed(0)
+    return dict(probs=torch.softmax(torch.randn(SROWS, SVOCAB, device=DEVICE) * 2, -1),
+                top_k=torch.tensor([1, 3, 0, 32, 5, 40], **I32),  # 0 and >= vocab keep every token
+                top_p=torch.tensor([0.05, 0.5, 0.9, 1.0, 0.3, 1.5], device=DEVICE),
+                temperature=torch.tensor([0.5, 1.0, 2.0, 0.25, 3.0, 0.7], device=DEVICE))
+
+
+def _renorm_ref(probs, keep):
+    kept = torch.where(keep, probs.double(), 0.0)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def _top_k_ref(a):
+    p = a["probs"].cpu().double()
+    keep = torch.ones_like(p, dtype=torch.bool)
+    for i, k in enumerate(a["top_k"].tolist()):
+        if 0 < k < SVOCAB:
+            keep[i] = p[i] >= p[i].sort(descending=True).values[k - 1]
+    return _renorm_ref(p, keep)
+
+
+def _top_p_ref(a):
+    """The smallest top set whose mass reaches top_p (the whole row for top_p >= 1)."""
+    p = a["probs"].cpu().double()
+    keep = torch.ones_like(p, dtype=torch.bool)
+    for i, tp in enumerate(a["top_p"].tolist()):
+        if tp < 1:
+            v, _ = p[i].sort(descending=True)
+            n = int((v.cumsum(0) < tp).sum()) + 1
+            keep[i] = p[i] >= v[n - 1]
+    return _renorm_ref(p, keep)
+
+
+def _check_renorm(ref_fn):
+    def check(a, got):
+        torch.testing.assert_close(got.cpu().double(), ref_fn(a), atol=1e-6, rtol=1e-5)
+    return check
+
+
+def _check_softmax(a, got):
+    x = a["probs"].cpu().double() / a["temperature"].cpu().double()[:, None]
+    torch.testing.assert_close(got.cpu().double(), torch.softmax(x, -1), atol=1e-6, rtol=1e-5)
+
+
+_SAMPLING_OPS = [
+    Op("sampling_from_probs", _onehot_args, _call_sample_indices, _check_sample_indices,
+       {"indices": Arg((INT32, INT64), "copy", None)}),
+    Op("top_k_renorm_probs", _renorm_args, lambda a: fi.top_k_renorm_probs(a["probs"], a["top_k"]),
+       _check_renorm(_top_k_ref), {"top_k": Arg((INT32, INT64), "copy")}),
+    Op("top_p_renorm_probs", _renorm_args, lambda a: fi.top_p_renorm_probs(a["probs"], a["top_p"]),
+       _check_renorm(_top_p_ref), {"top_p": Arg((torch.float32,), "copy")}),
+    Op("softmax", _renorm_args, lambda a: fi.sampling.softmax(a["probs"], a["temperature"]), _check_softmax,
+       {"temperature": Arg((torch.float32,), "copy")}),
+]
+
+STRUCTURE_OPS = _PAGE_OPS + _ROPE_OPS + _SAMPLING_OPS
+# ---- attention (decode / prefill / cascade): plan() index arguments are covered in test_decode.py /
+# test_prefill.py; run() inputs are the rows of _attention_rows() below
 
 
 def _strided(t):  # same values, stride 2
@@ -420,6 +511,55 @@ def _with(build, call, **changes):
     return make
 
 
+def _chain_args(mutate=None):
+    torch.manual_seed(0)
+    b, n = 3, 2
+    draft = torch.softmax(torch.randn(b, n, SVOCAB, device=DEVICE), -1)
+    target = torch.softmax(torch.randn(b, n + 1, SVOCAB, device=DEVICE), -1)
+    ids = torch.randint(0, SVOCAB, (b, n), device=DEVICE, dtype=torch.int32)
+    return dict(draft=draft, target=target, ids=mutate(ids) if mutate else ids)
+
+
+def _call_chain(a):
+    return fi.chain_speculative_sampling(a["draft"], a["ids"], a["target"], generator=_sampling_gen())
+
+
+# Attention: a decode and a paged-prefill batch (page size 4, 2 KV heads, GQA group 2, head_dim 64).
+AQ, AKV, AD, APS = 4, 2, 64, 4
+
+
+def _attn_args(kind, bad_page=None):
+    from tests.reference.attention import build_paged_cache
+
+    gen = torch.Generator().manual_seed(0)
+    cache, indptr, indices, last, ks, vs = build_paged_cache([5, 9], APS, AKV, AD, torch.float16, DEVICE, generator=gen)
+    if bad_page is not None:
+        indices = _set(1, bad_page)(indices)
+    qo = [1, 1] if kind == "decode" else [2, 3]
+    q = torch.randn(sum(qo), AQ, AD, generator=gen).half().to(DEVICE)
+    return dict(kind=kind, cache=cache, indptr=indptr, indices=indices, last=last, ks=ks, vs=vs, q=q, qo=qo)
+
+
+def _attn_wrapper(a):
+    ws = torch.empty(16 << 20, dtype=torch.uint8, device=DEVICE)
+    if a["kind"] == "decode":
+        w = fi.BatchDecodeWithPagedKVCacheWrapper(ws)
+        w.plan(a["indptr"], a["indices"], a["last"], AQ, AKV, AD, APS, q_data_type=torch.float16)
+    else:
+        w = fi.BatchPrefillWithPagedKVCacheWrapper(ws)
+        qo_indptr = torch.tensor([0] + np.cumsum(a["qo"]).tolist(), **I32)
+        w.plan(qo_indptr, a["indptr"], a["indices"], a["last"], AQ, AKV, AD, APS, causal=True,
+               q_data_type=torch.float16)
+    return w
+
+
+def _attn_plan_run(cache_pages=None):
+    def call(a):
+        cache = a["cache"] if cache_pages is None else a["cache"][:cache_pages]
+        return _attn_wrapper(a).run(a["q"], cache)
+    return call
+
+
 _rope_call = _rope_fn("apply_rope")[0]
 _pos_call = _rope_fn("apply_rope_pos_ids")[0]
 
@@ -483,8 +623,36 @@ VALUE_CASES = [
               r"positions\[4\] = -1", _check_cache_nan),
     ValueCase("rope-cache-inplace-positions-huge", _rope_cache_with([2**31 - 1] * 7, "apply_rope_with_cos_sin_cache_inplace"),
               r"positions\[0\] = 2147483647", _check_cache_nan),
-    # ---- attention (decode / prefill / cascade): page ids vs the cache, qo_indptr vs q, last_page_len, masks
-    # ---- sampling: indices out of range of probs' rows, NaN in probs (check_nan), draft ids past the vocabulary
+    # ---- attention: page ids (device tensors are read in checked mode) against the cache given to run()
+    ValueCase("decode-indices-past-cache", lambda: (_attn_args("decode"), _attn_plan_run(cache_pages=2)),
+              r"indices: page id 7 is out of range for a cache of 2 pages"),
+    ValueCase("decode-indices-negative", lambda: (_attn_args("decode", bad_page=-1), _attn_plan_run()),
+              r"indices: page ids must be non-negative, got -1"),
+    ValueCase("prefill-indices-past-cache", lambda: (_attn_args("prefill"), _attn_plan_run(cache_pages=2)),
+              r"paged_kv_indices: page id 7 is out of range for a cache of 2 pages"),
+    ValueCase("prefill-indices-negative", lambda: (_attn_args("prefill", bad_page=-3), _attn_plan_run()),
+              r"paged_kv_indices: page ids must be non-negative, got -3"),
+    # ---- sampling: indices out of range of the input's rows, draft ids past the vocabulary, NaN/0 parameters
+    ValueCase("sampling-indices-past-rows", _with(_onehot_args, _call_sample_indices, indices=_set(1, 6)),
+              r"indices\[1\] = 6: expected a row of the input in \[0, 6\)"),
+    ValueCase("sampling-indices-negative", _with(_onehot_args, _call_sample_indices, indices=_set(3, -1)),
+              r"indices\[3\] = -1: expected a row of the input in \[0, 6\)"),
+    ValueCase("sampling-indices-int64-past-int32",
+              _with(_onehot_args, _call_sample_indices, indices=lambda t: _set(0, 2**32)(t.long())),
+              r"indices\[0\] = 4294967296"),
+    ValueCase("chain-draft_token_ids-past-vocab", lambda: (_chain_args(_set((1, 0), SVOCAB)), _call_chain),
+              r"draft_token_ids\[1, 0\] = 32: expected a token id of the vocabulary in \[0, 32\)"),
+    ValueCase("chain-draft_token_ids-negative", lambda: (_chain_args(_set((0, 1), -5)), _call_chain),
+              r"draft_token_ids\[0, 1\] = -5"),
+    ValueCase("top_p-tensor-nan", _with(_renorm_args, lambda a: fi.top_p_renorm_probs(a["probs"], a["top_p"]),
+                                        top_p=_set(2, float("nan"))),
+              r"top_p\[2\] = nan: expected no NaN"),
+    ValueCase("min_p-tensor-nan", _with(_renorm_args, lambda a: fi.min_p_sampling_from_probs(a["probs"], a["top_p"]),
+                                        top_p=_set(4, float("nan"))),
+              r"min_p\[4\] = nan: expected no NaN"),
+    ValueCase("temperature-tensor-zero", _with(_renorm_args, lambda a: fi.sampling.softmax(a["probs"], a["temperature"]),
+                                               temperature=_set(1, 0.0)),
+              r"temperature\[1\] = 0: expected a non-zero temperature"),
 ]
 
 
@@ -511,6 +679,171 @@ def test_segment_packbits_values_always_checked():
                        ([-1, 9, 12, 29], r"indptr\[0\] = -1")):
         with pytest.raises(ValueError, match=match):
             fi.segment_packbits(a["x"], torch.tensor(bad, **I32))
+
+
+# =========================================================================== sampling and attention run() errors
+
+
+def _sampling_rows():
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(4, SVOCAB, device=DEVICE), -1)
+    i32 = lambda *v: torch.tensor(v, **I32)  # noqa: E731
+    S = fi.sampling
+    rows = [
+        ("logits-float64", lambda: S.sampling_from_logits(p.double()), (TypeError, "logits: expected dtype")),
+        ("logits-bool", lambda: S.top_k_mask_logits(p > 0.1, 3), (TypeError, "logits: expected dtype")),
+        ("logits-rank3", lambda: S.top_k_mask_logits(p[None], 3), (ValueError, "logits: expected a 2-D tensor")),
+        ("logits-list", lambda: S.softmax(p.tolist()), (TypeError, "logits: expected a torch.Tensor")),
+        ("probs-empty-vocab", lambda: S.top_k_renorm_probs(p[:, :0], 3), (ValueError, "probs: the vocabulary")),
+        ("probs-rank1", lambda: S.top_p_renorm_probs(p[0], 0.5), (ValueError, "probs: expected a 2-D tensor")),
+        ("probs-float64", lambda: S.min_p_sampling_from_probs(p.double(), 0.1), (TypeError, "probs: expected dtype")),
+        ("top_k-tensor-vs-indices", lambda: S.top_k_sampling_from_probs(p, i32(1, 2, 3, 4), i32(0, 1)),
+         (ValueError, r"top_k: expected shape \[2\]")),
+        ("top_p-tensor-short", lambda: S.top_k_top_p_sampling_from_probs(p, 3, torch.ones(3, device=DEVICE)),
+         (ValueError, r"top_p: expected shape \[4\]")),
+        ("top_p-tensor-rank2", lambda: S.top_p_sampling_from_probs(p, torch.ones(4, 1, device=DEVICE)),
+         (ValueError, "top_p")),
+        ("top_k-bool", lambda: S.top_k_sampling_from_probs(p, True), (TypeError, "top_k: expected an int")),
+        ("top_k-too-large-for-int32", lambda: S.top_k_mask_logits(p, 2**40), (ValueError, "top_k: .* does not fit")),
+        ("min_p-tensor-int", lambda: S.min_p_sampling_from_probs(p, i32(1, 1, 1, 1)), (TypeError, "min_p")),
+        ("min_p-tensor-long", lambda: S.min_p_sampling_from_probs(p, torch.ones(5, device=DEVICE)), (ValueError, "min_p")),
+        ("top_p-nan", lambda: S.top_p_sampling_from_probs(p, float("nan")), (ValueError, "top_p: expected a number")),
+        ("top_p-nan-renorm", lambda: S.top_p_renorm_probs(p, float("nan")), (ValueError, "top_p: expected a number")),
+        ("min_p-nan", lambda: S.min_p_sampling_from_probs(p, float("nan")), (ValueError, "min_p: expected a number")),
+        ("joint-top_p-nan", lambda: S.top_k_top_p_sampling_from_logits(p, 3, float("nan")), (ValueError, "top_p")),
+        ("temperature-zero", lambda: S.softmax(p, 0.0), (ValueError, "temperature: expected a non-zero")),
+        ("temperature-nan", lambda: S.softmax(p, float("nan")), (ValueError, "temperature: expected a number")),
+        ("temperature-str", lambda: S.softmax(p, "1.0"), (TypeError, "temperature")),
+        ("draft_token_ids-float", lambda: S.chain_speculative_sampling(p[:, None], torch.zeros(4, 1, device=DEVICE),
+                                                                       torch.stack([p, p], 1)),
+         (TypeError, "draft_token_ids")),
+        ("draft_token_ids-shape", lambda: S.chain_speculative_sampling(p[:, None], torch.zeros(4, 2, **I32),
+                                                                       torch.stack([p, p], 1)),
+         (ValueError, r"draft_token_ids: expected shape \[4, 1\]")),
+        ("accepted-num-int64", lambda: S.chain_speculative_sampling(
+            p[:, None], torch.zeros(4, 1, **I32), torch.stack([p, p], 1),
+            maybe_output_accepted_token_num=torch.zeros(4, dtype=torch.int64, device=DEVICE)),
+         (TypeError, "maybe_output_accepted_token_num")),
+        ("emitted-num-short", lambda: S.chain_speculative_sampling(
+            p[:, None], torch.zeros(4, 1, **I32), torch.stack([p, p], 1),
+            maybe_output_emitted_draft_token_num=torch.zeros(3, **I32)),
+         (ValueError, "maybe_output_emitted_draft_token_num")),
+        ("top_k-select-zero", lambda: S.top_k(p, 0), (ValueError, "k: expected 1 <= k")),
+    ]
+    return [pytest.param(f, e, id=i) for i, f, e in rows]
+
+
+@pytest.mark.parametrize("fn,expect", _sampling_rows())
+def test_sampling_errors(fn, expect):
+    with pytest.raises(expect[0], match=expect[1]):
+        fn()
+
+
+def test_sampling_out_of_range_parameters_follow_flashinfer():
+    """Values FlashInfer accepts with a defined meaning give that answer: top_k <= 0 or >= vocab and
+    top_p >= 1 keep every token; min_p > 1 keeps none (no valid sample); a negative temperature is
+    softmax(logits / T) (its padding lanes used to become +inf: NaN everywhere)."""
+    a = _renorm_args()
+    p, S = a["probs"], fi.sampling
+    everything = _renorm_ref(p.cpu().double(), torch.ones(SROWS, SVOCAB, dtype=torch.bool))
+    for got in (S.top_k_renorm_probs(p, -3), S.top_k_renorm_probs(p, SVOCAB + 5), S.top_p_renorm_probs(p, 1.5)):
+        torch.testing.assert_close(got.cpu().double(), everything, atol=1e-6, rtol=1e-5)
+    assert torch.equal(S.top_k_mask_logits(p, 0), p) and torch.equal(S.top_k_mask_logits(p, -1), p)
+    samples, valid = S.min_p_sampling_from_probs(p, 2.0, generator=_sampling_gen(), return_valid=True)
+    assert not valid.any()
+    for t in (-0.5, -2.0):
+        torch.testing.assert_close(S.softmax(p, t).cpu().double(), torch.softmax(p.cpu().double() / t, -1),
+                                   atol=1e-6, rtol=1e-5)
+    per_row = torch.tensor([-0.5, 1.0, -3.0, 2.0, -1.0, 0.3], device=DEVICE)
+    torch.testing.assert_close(S.softmax(p, per_row).cpu().double(),
+                               torch.softmax(p.cpu().double() / per_row.cpu().double()[:, None], -1), atol=1e-6, rtol=1e-5)
+
+
+def _attention_rows():
+    """run() inputs of the paged decode and prefill wrappers that must raise (planned: 4 query heads,
+    2 KV heads of head_dim 64, page size 4, NHD, float16)."""
+    return [pytest.param(kind, f, e, id=f"{kind}-{i}") for kind in ("decode", "prefill")
+            for i, f, e in _attention_cases(kind)]
+
+
+def _attention_cases(kind):
+    """(id, mutation of the canonical run() arguments, expected error) for one wrapper kind."""
+    n = 2 if kind == "decode" else 5
+    pages = "indices" if kind == "decode" else "paged_kv_indices"
+    h = lambda *shape: torch.zeros(*shape, dtype=torch.float16, device=DEVICE)  # noqa: E731
+    return [
+        ("q-bfloat16", lambda a: dict(q=a["q"].bfloat16()), (TypeError, "q: expected dtype")),
+        ("q-int32", lambda a: dict(q=a["q"].int()), (TypeError, "q: expected dtype")),
+        ("q-one-head-short", lambda a: dict(q=a["q"][:, :3].contiguous()), (ValueError, "q: expected shape")),
+        ("q-one-head-extra", lambda a: dict(q=torch.cat([a["q"], a["q"][:, :1]], 1)), (ValueError, "q: expected shape")),
+        ("q-rank2", lambda a: dict(q=a["q"].reshape(n, -1)), (ValueError, "q: expected shape")),
+        ("q-last-dim-strided", lambda a: dict(q=torch.cat([a["q"], a["q"]], -1)[..., ::2]),
+         (ValueError, "q: the last dimension must be contiguous")),
+        ("q-list", lambda a: dict(q=a["q"].tolist()), (TypeError, "q: expected a torch.Tensor")),
+        ("cache-hnd-for-nhd", lambda a: dict(cache=a["cache"].transpose(2, 3).contiguous()),
+         (ValueError, "paged_kv_cache: expected page_size 4")),
+        ("cache-float32", lambda a: dict(cache=a["cache"].float()), (TypeError, "paged_kv_cache: expected dtype")),
+        ("cache-rank4", lambda a: dict(cache=a["cache"][:, 0]), (ValueError, "paged_kv_cache: expected dimension 1")),
+        ("cache-one-kv-head", lambda a: dict(cache=a["cache"][..., :1, :].contiguous()), (ValueError, "paged_kv_cache")),
+        ("cache-head-dim-32", lambda a: dict(cache=a["cache"][..., :32].contiguous()), (ValueError, "paged_kv_cache")),
+        ("cache-last-dim-strided", lambda a: dict(cache=torch.cat([a["cache"], a["cache"]], -1)[..., ::2]),
+         (ValueError, "paged_kv_cache: the last dimension must be contiguous")),
+        ("cache-tuple-pages-differ", lambda a: dict(cache=(a["cache"][:, 0], a["cache"][:3, 1])),
+         (ValueError, "k_cache .* and v_cache .* differ")),
+        ("cache-tuple-v-dtype", lambda a: dict(cache=(a["cache"][:, 0], a["cache"][:, 1].float())),
+         (TypeError, r"paged_kv_cache\[1\] \(v_cache\)")),
+        ("cache-3-tuple", lambda a: dict(cache=(a["cache"][:, 0], a["cache"][:, 1], a["cache"][:, 1])),
+         (ValueError, "a tuple must be")),
+        ("cache-too-few-pages", lambda a: dict(cache=a["cache"][:2]), (ValueError, f"{pages}: page id")),
+        ("out-head-dim", lambda a: dict(out=h(n, AQ, 32)), (ValueError, "out: expected shape")),
+        ("out-heads", lambda a: dict(out=h(n, AQ + 1, AD)), (ValueError, "out: expected shape")),
+        ("out-float32", lambda a: dict(out=h(n, AQ, AD).float()), (TypeError, "out: expected dtype")),
+        ("out-last-dim-strided", lambda a: dict(out=h(n, AQ, 2 * AD)[..., ::2]),
+         (ValueError, "out: the last dimension must be contiguous")),
+        ("lse-heads", lambda a: dict(lse=torch.empty(n, AQ - 1, device=DEVICE)), (ValueError, "lse: expected")),
+        ("lse-float16", lambda a: dict(lse=h(n, AQ)), (TypeError, "lse: expected dtype float32")),
+        ("lse-strided", lambda a: dict(lse=torch.empty(n, 2 * AQ, device=DEVICE)[:, ::2]),
+         (ValueError, "lse: expected a contiguous")),
+        ("lse-transposed", lambda a: dict(lse=torch.empty(AQ, n, device=DEVICE).t()),
+         (ValueError, "lse: expected a contiguous")),
+        ("sinks-short", lambda a: dict(sinks=torch.zeros(AQ - 1, device=DEVICE)), (ValueError, "sinks")),
+    ]
+
+
+@pytest.mark.parametrize("kind,mutate,expect", _attention_rows())
+def test_attention_run_errors(kind, mutate, expect):
+    a = _attn_args(kind)
+    w = _attn_wrapper(a)
+    w.run(a["q"], a["cache"])  # the planned call itself is fine
+    bad = mutate(a)
+    kw = {k: bad[k] for k in ("out", "lse", "sinks") if k in bad}
+    with pytest.raises(expect[0], match=expect[1]):
+        w.run(bad.get("q", a["q"]), bad.get("cache", a["cache"]), **kw)
+
+
+@pytest.mark.parametrize("kind", ["decode", "prefill"])
+def test_attention_run_strided_views_give_reference(kind):
+    """Views with a contiguous last dimension are read through their strides: a q with strided
+    heads, an out transposed in its first two dimensions, the (k, v) tuple of cache views."""
+    from tests.reference.attention import attention_ref
+
+    a = _attn_args(kind)
+    w = _attn_wrapper(a)
+    n = a["q"].shape[0]
+    q = torch.stack([a["q"], torch.zeros_like(a["q"])], 2).flatten(1, 2)[:, ::2]  # heads at stride 2 * AD
+    assert torch.equal(q, a["q"]) and not q.is_contiguous()
+    out = torch.full((AQ, n, AD), float("nan"), dtype=torch.float16, device=DEVICE).transpose(0, 1)
+    lse = torch.full((n, AQ), float("nan"), device=DEVICE)
+    w.run(q, (a["cache"][:, 0], a["cache"][:, 1]), out=out, lse=lse)
+    start = 0
+    for b, m in enumerate(a["qo"]):
+        rows = slice(start, start + m)
+        start += m
+        causal = kind == "prefill"
+        ref, ref_lse = attention_ref(a["q"][rows], a["ks"][b], a["vs"][b], causal=causal)
+        low, low_lse = attention_ref(a["q"][rows], a["ks"][b], a["vs"][b], causal=causal, compute_dtype=torch.float16)
+        assert_close_to_reference(out[rows], ref, low, name=f"out[{b}]")
+        assert_close_to_reference(lse[rows], ref_lse, low_lse, name=f"lse[{b}]")
 
 
 # =========================================================================== norm and activation edge inputs

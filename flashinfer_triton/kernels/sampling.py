@@ -967,7 +967,9 @@ def softmax_stats_kernel(p_x, p_temp, p_pf, stride_x, n, batch, chunk, temp_val,
     for start in range(start0, end, BLOCK):
         o = start + o_b
         b_mo = m_r[:, None] & (o < end)[None, :]
-        b_x = tl.load(p_xr + o[None, :], mask=b_mo, other=float("-inf")).to(tl.float32) * inv_t[:, None]
+        # Masked lanes are -inf after the scaling (a negative temperature would turn them to +inf).
+        b_x = tl.where(b_mo, tl.load(p_xr + o[None, :], mask=b_mo, other=0.0).to(tl.float32) * inv_t[:, None],
+                       float("-inf"))
         b_mn = tl.maximum(b_m, b_x)
         b_safe = tl.where(b_mn == float("-inf"), 0.0, b_mn)
         b_s = b_s * tl.exp(b_m - b_safe) + tl.exp(b_x - b_safe)
@@ -1003,7 +1005,9 @@ def softmax_write_kernel(p_x, p_out, p_temp, p_pf, stride_x, stride_o, n, batch,
     for start in range(start0, end, BLOCK):
         o = start + o_b
         b_mo = m_r[:, None] & (o < end)[None, :]
-        b_x = tl.load(p_xr + o[None, :], mask=b_mo, other=float("-inf")).to(tl.float32) * inv_t[:, None]
+        # Masked lanes are -inf after the scaling (a negative temperature would turn them to +inf).
+        b_x = tl.where(b_mo, tl.load(p_xr + o[None, :], mask=b_mo, other=0.0).to(tl.float32) * inv_t[:, None],
+                       float("-inf"))
         tl.store(p_or + o[None, :], tl.exp(b_x - safe[:, None]) * inv_s[:, None], mask=b_mo)
 
 
