@@ -20,7 +20,7 @@ for step in "$@"; do
     warm-fi-wait) for i in $(seq 1 80); do [ $(grep -c "^warm_flashinfer:" $RES/warm_fi.log 2>/dev/null || echo 0) -ge 5 ] && break; sleep 5; done;
              cat $RES/warm_fi.log | grep -v Warning | tail -8 ;;
     tests-focus) timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short tests/test_decode.py tests/test_engine_replay.py \
-             tests/test_wrapper_state.py tests/test_cascade.py tests/test_serving.py tests/test_bad_inputs.py tests/test_large_index.py \
+             tests/test_wrapper_state.py tests/test_cascade.py tests/test_serving.py tests/test_bad_inputs.py tests/test_large_tensors.py tests/test_attention_properties.py \
              > $RES/tests_focus.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $RES/tests_focus.log | tail -30 ;;
     serve-long) timeout ${SERVE_TIMEOUT:-300} python3 examples/serve.py --quick 2>&1 | tee $RES/serve.log | tail -30 ;;
     serve) timeout 190 python3 examples/serve.py --quick 2>&1 | tee $RES/serve.log | tail -25 ;;
