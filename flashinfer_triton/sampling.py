@@ -141,7 +141,7 @@ def _run_pass_resolve(x, indices, fargs, joint, op, is_logits, cfg, out, aux, rn
         **K.pass_constexprs(cfg, pass_op, is_logits), num_warps=_warps(cfg.warps),
     )
     r = _rng_args(rng, dev) if rng is not None else _rng_args((_dummy(dev, torch.float32)[None], None, 0, None, 0), dev)
-    K.sample_resolve_kernel[(groups,)](
+    K.resolve_kernel_for(cfg)[(groups,)](
         x, idx, fargs["p_topk"], fargs["p_topp"], fargs["p_minp"], out, aux, pi, pf, ck, ci,
         state, r["p_u"], r["p_seed"], r["p_off"],
         x.stride(0), stride_o, n, batch, chunk, region, split, int(indices is not None),

@@ -72,8 +72,12 @@ def test_compiles(cfg, target):
     # Realistic specialization: launches see 16-byte aligned pointers and strides divisible by 16, which
     # enables vectorized, pipelined loads (and their shared memory); without the hints the compiler
     # would assume neither and under-report what a real launch needs.
+    # Arguments the kernel declares do_not_specialize never get the hint at a launch either.
+    unspecialized = {cfg.kernel.arg_names[a] if isinstance(a, int) else a
+                     for a in getattr(cfg.kernel, "do_not_specialize", ())}
     attrs = {(cfg.kernel.arg_names.index(name),): [["tt.divisibility", 16]]
-             for name, ty in cfg.signature.items() if ty.startswith("*") or "stride" in name}
+             for name, ty in cfg.signature.items()
+             if (ty.startswith("*") or "stride" in name) and name not in unspecialized}
     src = ASTSource(fn=cfg.kernel, signature=cfg.signature, constexprs=cfg.constexprs, attrs=attrs)
     compiled = triton.compile(src, target=tgt, options={"num_warps": warps, "num_stages": cfg.num_stages})
     binary = "cubin" if tgt.backend == "cuda" else "hsaco"

@@ -759,6 +759,10 @@ def test_sampling_out_of_range_parameters_follow_flashinfer():
                                torch.softmax(p.cpu().double() / per_row.cpu().double()[:, None], -1), atol=1e-6, rtol=1e-5)
 
 
+def _TOO_FEW_PAGES(a):
+    return dict(cache=a["cache"][:2])
+
+
 def _attention_rows():
     """run() inputs of the paged decode and prefill wrappers that must raise (planned: 4 query heads,
     2 KV heads of head_dim 64, page size 4, NHD, float16)."""
@@ -794,7 +798,7 @@ def _attention_cases(kind):
          (TypeError, r"paged_kv_cache\[1\] \(v_cache\)")),
         ("cache-3-tuple", lambda a: dict(cache=(a["cache"][:, 0], a["cache"][:, 1], a["cache"][:, 1])),
          (ValueError, "a tuple must be")),
-        ("cache-too-few-pages", lambda a: dict(cache=a["cache"][:2]), (ValueError, f"{pages}: page id")),
+        ("cache-too-few-pages", _TOO_FEW_PAGES, (ValueError, f"{pages}: page id")),
         ("out-head-dim", lambda a: dict(out=h(n, AQ, 32)), (ValueError, "out: expected shape")),
         ("out-heads", lambda a: dict(out=h(n, AQ + 1, AD)), (ValueError, "out: expected shape")),
         ("out-float32", lambda a: dict(out=h(n, AQ, AD).float()), (TypeError, "out: expected dtype")),
@@ -816,6 +820,9 @@ def test_attention_run_errors(kind, mutate, expect):
     w = _attn_wrapper(a)
     w.run(a["q"], a["cache"])  # the planned call itself is fine
     bad = mutate(a)
+    if mutate is _TOO_FEW_PAGES and a["indices"].device.type != "cpu":
+        pytest.skip("device page ids are not read in the default mode (as FlashInfer); checked mode catches "
+                    "ids past the cache (test_value_checked_mode_names_argument_and_element)")
     kw = {k: bad[k] for k in ("out", "lse", "sinks") if k in bad}
     with pytest.raises(expect[0], match=expect[1]):
         w.run(bad.get("q", a["q"]), bad.get("cache", a["cache"]), **kw)

@@ -368,9 +368,6 @@ def test_cuda_graph_replay_across_replans(q_len):
 
 
 @requires_gpu
-@pytest.mark.xfail(strict=True, reason="Inductor's functionalization re-materializes the float32 partial buffer (a "
-                   "view of the uint8 workspace, declared mutated) with as_strided and reads past it: an illegal "
-                   "memory access on the H200 (2026-12-01); the eager and CUDA-graph paths are unaffected")
 def test_torch_compile_fullgraph():
     dtype, heads, page_size = torch.bfloat16, 128, 64
     gen = _gen()

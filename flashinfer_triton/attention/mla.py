@@ -216,7 +216,11 @@ def register_launch(cfg: KernelConfig) -> int:
     return index
 
 
-@torch.library.custom_op("flashinfer_triton::mla", mutates_args=("out", "lse", "part_o", "part_lse", "counters"))
+# Only out and lse are declared written. The workspace views (float32 partials, int32 counters over
+# the uint8 buffer) are scratch: written and read within the launch, the counters left at zero. Declared
+# mutated, Inductor functionalizes them into as_strided copies that read past the views (an illegal
+# memory access on the H200).
+@torch.library.custom_op("flashinfer_triton::mla", mutates_args=("out", "lse"))
 def mla_op(out: torch.Tensor, lse: torch.Tensor, part_o: torch.Tensor, part_lse: torch.Tensor,
            counters: torch.Tensor, inputs: List[torch.Tensor], ints: List[int], floats: List[float],
            grid: List[int], launch_id: int) -> None:

@@ -20,7 +20,7 @@ from .launcher import LAUNCH_CONFIGS, kernel_constexprs, launch_flags
 from .signature import RUNTIME_ARGS, op_kinds
 from .variant import launch_errors
 
-# Outputs and workspace the kernel writes: named op arguments, declared mutated.
+# Outputs and workspace the kernel writes: named op arguments (only the outputs declared mutated, below).
 _WRITTEN = ("o_ptr", "lse_ptr", "part_o_ptr", "part_lse_ptr", "merge_counter_ptr")
 _KINDS = op_kinds(RUNTIME_ARGS)
 
@@ -33,7 +33,11 @@ def _launch(launch: int):
     return cx, cfg.num_warps, cfg.num_stages
 
 
-@torch.library.custom_op("flashinfer_triton::attention", mutates_args=("out", "lse", "part_o", "part_lse", "counters"))
+# Only out and lse are declared written. The workspace views (float32 partials, int32 counters over
+# the uint8 buffer) are scratch: written and read within the launch, the counters left at zero. Declared
+# mutated, Inductor functionalizes them into as_strided copies that read past the views (an illegal
+# memory access on the H200).
+@torch.library.custom_op("flashinfer_triton::attention", mutates_args=("out", "lse"))
 def attention_op(out: torch.Tensor, lse: torch.Tensor, part_o: torch.Tensor, part_lse: torch.Tensor,
                  counters: torch.Tensor, inputs: List[torch.Tensor], ints: List[int], floats: List[float],
                  grid: List[int], launch: int) -> None:

@@ -683,9 +683,12 @@ def _topk_rows(p_xr, p_vr, p_ir, n, k, thr, tie_large, active, BLOCK: tl.constex
             seen += tl.reduce(b_eq, 1, _SUM)
 
 
-@triton.jit(do_not_specialize=["n", "batch", "chunk", "region", "nsplit", "has_idx", "top_k_val", "top_p_val",
-                               "min_p_val", "mode_k", "mode_p", "mode_m", "joint", "full_here", "tie_large",
-                               "u_stride", "seed_val", "off_val", "seed_stride", "off_stride", "rng_mode"])
+_RESOLVE_NO_SPECIALIZE = ["n", "batch", "chunk", "region", "nsplit", "has_idx", "top_k_val", "top_p_val", "min_p_val",
+                          "mode_k", "mode_p", "mode_m", "joint", "full_here", "tie_large", "u_stride", "seed_val",
+                          "off_val", "seed_stride", "off_stride", "rng_mode"]
+
+
+@triton.jit(do_not_specialize=_RESOLVE_NO_SPECIALIZE)
 def sample_resolve_kernel(
     p_x, p_idx, p_topk, p_topp, p_minp, p_out, p_aux, p_pi, p_pf, p_ck, p_ci, p_state, p_u, p_seed, p_off,
     stride_x, stride_o, n, batch, chunk, region, nsplit, has_idx,
@@ -891,6 +894,18 @@ def sample_resolve_kernel(
         tl.store(p_vr + b_pos, b_val, mask=b_st)
         tl.store(p_ir + b_pos, b_idx.to(tl.int64), mask=b_st)
         _topk_rows(p_xr, p_vr, p_ir, n, kk, tl.where(k_on, thr, _KEY_MIN - 1), tie_large, need, BLOCK)
+
+
+# The tiny configuration's resolve kernel: the same code, never told that the row stride is a multiple
+# of 16. With that hint Triton 3.6 fails an assertion lowering its scans for the [16, 32] tiles
+# (ScanOpToLLVM.cpp, AddPartialReduceOneWarp; seen on the H200, reproduced by compiling for cuda:90),
+# and a 16- or 32-token vocabulary has such strides. The large configuration keeps the hint.
+sample_resolve_tiny_kernel = triton.jit(do_not_specialize=_RESOLVE_NO_SPECIALIZE + ["stride_x"])(
+    sample_resolve_kernel.fn)
+
+
+def resolve_kernel_for(cfg: SamplingConfig):
+    return sample_resolve_tiny_kernel if cfg.rows > 1 else sample_resolve_kernel
 
 
 @triton.jit(do_not_specialize=["n", "batch", "chunk"])
@@ -1159,10 +1174,10 @@ def aot_configs():
                                   hip_num_warps=hw, name=f"sampling_pass_op{op}_{_kind(is_logits)}_{dt}_{cfg.name}"))
         for op, dt, is_logits in resolves:
             out, aux = {OP_SAMPLE: ("*i32", "*i1"), OP_TOPK: (ptr(dt), "*i64")}.get(op, (ptr(dt), "*i1"))
-            sig = _sig(sample_resolve_kernel, p_x=ptr(dt), p_idx="*i32", p_topk="*i32", p_topp="*fp32",
+            sig = _sig(resolve_kernel_for(cfg), p_x=ptr(dt), p_idx="*i32", p_topk="*i32", p_topp="*fp32",
                        p_minp="*fp32", p_out=out, p_aux=aux, p_pi="*i32", p_pf="*fp32", p_ck="*i32", p_ci="*i32",
                        p_state="*i32", p_u="*fp32", p_seed="*i64", p_off="*i64")
-            cfgs.append(AotConfig(sample_resolve_kernel, sig, resolve_constexprs(cfg, op, is_logits),
+            cfgs.append(AotConfig(resolve_kernel_for(cfg), sig, resolve_constexprs(cfg, op, is_logits),
                                   num_warps=cfg.resolve_warps, hip_num_warps=hip_warps(cfg.resolve_warps),
                                   name=f"sampling_resolve_op{op}_{_kind(is_logits)}_{dt}_{cfg.name}"))
         sig = _sig(sample_direct_kernel, p_x="*fp32", p_idx="*i32", p_out="*i32", p_valid="*i1", p_u="*fp32",
