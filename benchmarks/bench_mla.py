@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.harness import (  # noqa: E402
-    copy_ceiling_tbps, environment, geomean, markdown_table, time_graph, try_import_flashinfer, write_results,
+    copy_ceiling_tbps, environment, geomean, markdown_table, time_graph, try_import_flashinfer,
+    write_partial_on_sigterm, write_results,
 )
 import flashinfer_triton  # noqa: E402
 
@@ -117,6 +118,7 @@ def main():
             print(f"FlashInfer backend {b} unavailable: {type(exc).__name__}: {exc}")
     gen = torch.Generator(device="cuda").manual_seed(1)
     rows, table, ratios, skipped = [], [], [], []
+    write_partial_on_sigterm("mla", rows, "benchmarks/bench_mla.py")
     for ps in page_sizes:
         for q_len in Q_LENS:
             for batch in batches:

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.harness import (  # noqa: E402
-    environment, geomean, markdown_table, time_graph, try_import_flashinfer, write_results,
+    environment, geomean, markdown_table, time_graph, try_import_flashinfer, write_partial_on_sigterm, write_results,
 )
 import flashinfer_triton  # noqa: E402
 
@@ -86,6 +86,7 @@ def main():
     ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     fi_ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     rows, table, ratios_fa2, ratios_fa3 = [], [], [], []
+    write_partial_on_sigterm("prefill", rows, "benchmarks/bench_prefill.py")
     for name, kind, d, qo_lens, kv_lens in configs():
         flops = causal_flops(qo_lens, kv_lens, d)
         res = {}

@@ -27,7 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from harness import geomean, markdown_table, time_eager, time_graph, try_import_flashinfer, write_results  # noqa: E402
+from harness import (  # noqa: E402
+    geomean, markdown_table, time_eager, time_graph,
+    try_import_flashinfer, write_partial_on_sigterm, write_results,
+)
 
 from flashinfer_triton import sampling as S  # noqa: E402
 from flashinfer_triton.kernels import sampling as K  # noqa: E402
@@ -194,6 +197,7 @@ def main():
     reps = 20 if args.quick else 50
     batches = (1, 512) if args.quick else BATCHES
     rows = []
+    write_partial_on_sigterm("sampling", rows, "benchmarks/bench_sampling.py")
     gen = torch.Generator(device="cuda").manual_seed(0)
     stopped = None
     for vocab in VOCABS:

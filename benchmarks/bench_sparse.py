@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.harness import (  # noqa: E402
-    RESULTS_DIR, environment, markdown_table, time_eager, time_graph, try_import_flashinfer, write_results,
+    RESULTS_DIR, environment, markdown_table, time_eager, time_graph, try_import_flashinfer,
+    write_partial_on_sigterm, write_results,
 )
 import flashinfer_triton  # noqa: E402
 
@@ -113,6 +114,7 @@ def main():
     fi_ws = torch.empty(256 << 20, dtype=torch.uint8, device=DEVICE)
     gen = torch.Generator().manual_seed(0)
     rows = []
+    write_partial_on_sigterm("sparse", rows, "benchmarks/bench_sparse.py")
 
     def record(system, seq_len, pattern, density, us, how, visible):
         rows.append(dict(system=system, seq_len=seq_len, pattern=pattern, density=density, us=us,

@@ -37,7 +37,8 @@ import triton.language as tl  # noqa: F401  (Triton wants it visible beside a @t
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.harness import (  # noqa: E402
-    environment, markdown_table, time_eager, time_graph, try_import_flashinfer, write_results,
+    environment, markdown_table, time_eager, time_graph, try_import_flashinfer,
+    write_partial_on_sigterm, write_results,
 )
 import flashinfer_triton  # noqa: E402
 from examples import attention_variants as ex  # noqa: E402
@@ -159,6 +160,7 @@ def main():
     fi = try_import_flashinfer() if "sinks" in cases else None
     gen = torch.Generator().manual_seed(0)
     rows, table = [], []
+    write_partial_on_sigterm("variants", rows, "benchmarks/bench_variants.py")
 
     def record(case, p, system, us, how, pairs, note=""):
         tflops = 4 * HQ * D * pairs / (us * 1e-6) / 1e12

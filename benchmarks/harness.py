@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -135,6 +136,21 @@ def environment() -> Dict[str, str]:
     except Exception:  # noqa: BLE001
         env["flashinfer"] = "absent"
     return env
+
+
+def write_partial_on_sigterm(name: str, rows: List[dict], script: str) -> None:
+    """If the process is terminated (``timeout`` sends SIGTERM), append the rows measured so far to
+    ``benchmarks/results/<name>.json`` as a run marked partial, then exit; the script's own
+    ``write_results`` at its end writes the complete run otherwise. ``script``: the script's path
+    as run (the command is rebuilt from ``sys.argv``)."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        write_results(name, rows, f"PYTHONPATH=. python3 {script} " + " ".join(sys.argv[1:]),
+                      extra={"partial": "stopped by SIGTERM before the run's end"})
+        print(f"{script}: stopped; {len(rows)} rows written to benchmarks/results/{name}.json", flush=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def write_results(name: str, rows: List[dict], command: str, extra: Optional[dict] = None,
