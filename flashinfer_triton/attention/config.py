@@ -122,10 +122,19 @@ def block_d(head_dim: int) -> int:
     return next_power_of_2(head_dim)
 
 
+# Rows the in-kernel split merge takes at a time in a prefill tile (it loops over the tile's rows):
+# 32 keeps the 128x32 / 4-warp prefill kernel's spills at 160 bytes (ptxas, sm_90a) where a whole
+# 128-row tile at once spilled 1.9 KB; not timed on a GPU yet.
+MERGE_SLICE_ROWS = 32
+
+
 def merge_rows(block_m: int, group: int, max_qo_len: int, decode: bool) -> int:
-    """Rows the in-kernel split merge covers: at least a tile's real rows. A decode-shaped tile
-    holds ``max_qo_len * group`` of its 16 rows (4 at 32/8 heads): 4 when that fits, else all."""
-    return 4 if decode and max(max_qo_len, 1) * group <= 4 else block_m
+    """Rows the in-kernel split merge takes per step: a decode-shaped tile holds
+    ``max_qo_len * group`` of its 16 rows (4 at 32/8 heads): 4 when that fits; otherwise
+    ``MERGE_SLICE_ROWS`` (or the whole tile if smaller), the merge looping over the tile."""
+    if decode and max(max_qo_len, 1) * group <= 4:
+        return 4
+    return min(block_m, MERGE_SLICE_ROWS)
 
 
 def merge_block_c(rows: int) -> int:

@@ -173,18 +173,21 @@ def attention_kernel(
         finished = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         if finished == num_chunks - 1:
             tl.debug_barrier()
-            # The merge runs over the tile's real rows only (MERGE_M >= min(tile_q, qo_len) * group, set
-            # by the config: a decode tile has `group` of its BLOCK_M rows), so more chunks load per step.
-            o_r = tl.arange(0, MERGE_M)
-            r_q = q_start + o_r // group
-            r_head = kv_head * group + o_r % group
-            m_r = (o_r < tile_q * group) & (r_q < qo_len)
-            merged_out, merged_lse = merge_chunks(part_o_ptr, part_lse_ptr, part_base, num_chunks, qo_len, r_q, r_head,
-                                                  m_r, num_qo_heads, o_dv, m_dv, HEAD_DIM_VO, MERGE_M, BLOCK_DV,
-                                                  MERGE_BLOCK_C, USE_SOFTMAX)
+            # The merge covers the tile's real rows (a decode tile has `group` of its BLOCK_M rows),
+            # MERGE_M rows at a time: a prefill tile's 64-128 rows at once would hold [rows, BLOCK_DV]
+            # float32 partials beside the merge state and spill (ptxas: 1.9 KB for 128 rows).
+            for r0 in range(0, tile_q * group, MERGE_M):
+                o_r = r0 + tl.arange(0, MERGE_M)
+                r_q = q_start + o_r // group
+                r_head = kv_head * group + o_r % group
+                m_r = (o_r < tile_q * group) & (r_q < qo_len)
+                merged_out, merged_lse = merge_chunks(part_o_ptr, part_lse_ptr, part_base, num_chunks, qo_len, r_q,
+                                                      r_head, m_r, num_qo_heads, o_dv, m_dv, HEAD_DIM_VO, MERGE_M,
+                                                      BLOCK_DV, MERGE_BLOCK_C, USE_SOFTMAX)
+                finish_tile(merged_out, merged_lse, o_ptr, lse_ptr, sinks_ptr, (qo_begin + r_q).to(tl.int64), r_head,
+                            m_r, o_dv, m_dv, stride_on, stride_oh, num_qo_heads, v_scale, HEAD_DIM_VO, HAS_SINKS,
+                            WRITE_LSE)
             tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next launch (graph replay)
-            finish_tile(merged_out, merged_lse, o_ptr, lse_ptr, sinks_ptr, (qo_begin + r_q).to(tl.int64), r_head, m_r, o_dv, m_dv,
-                        stride_on, stride_oh, num_qo_heads, v_scale, HEAD_DIM_VO, HAS_SINKS, WRITE_LSE)
 
 
 # The declaration: every runtime argument's type. "q"/"kv"/"o" are pointers of the plan's q, KV and
