@@ -176,11 +176,12 @@ def attention_kernel(
             # The merge covers the tile's real rows (a decode tile has `group` of its BLOCK_M rows),
             # MERGE_M rows at a time: a prefill tile's 64-128 rows at once would hold [rows, BLOCK_DV]
             # float32 partials beside the merge state and spill (ptxas: 1.9 KB for 128 rows).
-            for r0 in range(0, tile_q * group, MERGE_M):
+            tile_rows = tl.minimum(tile_q, qo_len - q_start) * group  # a decode tile: `group` rows
+            for r0 in range(0, tile_rows, MERGE_M):
                 o_r = r0 + tl.arange(0, MERGE_M)
                 r_q = q_start + o_r // group
                 r_head = kv_head * group + o_r % group
-                m_r = (o_r < tile_q * group) & (r_q < qo_len)
+                m_r = o_r < tile_rows
                 merged_out, merged_lse = merge_chunks(part_o_ptr, part_lse_ptr, part_base, num_chunks, qo_len, r_q,
                                                       r_head, m_r, num_qo_heads, o_dv, m_dv, HEAD_DIM_VO, MERGE_M,
                                                       BLOCK_DV, MERGE_BLOCK_C, USE_SOFTMAX)
