@@ -34,8 +34,9 @@ else
 	TRITON_INTERPRET=1 $(VPY) examples/serve.py $(DEMO_ARGS)
 endif
 
-# CPU tiers: kernels under the interpreter, then an ahead-of-time compile for cuda:90 and hip:gfx942.
-test: venv test-interpret test-aot
+# CPU tiers: kernels under the interpreter, then an ahead-of-time compile for cuda:90 and hip:gfx942
+# (and cuda:90's spot set under Triton 3.6, the GPU machine's version).
+test: venv test-interpret test-aot test-aot-triton36
 
 test-interpret: venv
 	TRITON_INTERPRET=1 $(VPY) -m pytest -q -n 2 -m "not gpu" --ignore=tests/test_aot_compile.py tests
@@ -44,7 +45,7 @@ test-aot: venv
 	$(VPY) -m pytest -q -n 2 tests/test_aot_compile.py
 
 # The GPU machine's compiler (Triton 3.6, older than the CPU side's): the cuda:90 spot set of the AOT
-# tier compiled with it too (it has compile bugs the newer one does not; not part of `make test`).
+# tier compiled with it too (it has compile bugs the newer one does not: about 1.5 minutes).
 TRITON_OLD := triton==3.6.0
 test-aot-triton36: venv
 	test -d .triton36 || $(VPY) -m pip install -q --disable-pip-version-check --no-deps --target .triton36 $(TRITON_OLD)
