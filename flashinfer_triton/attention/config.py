@@ -138,12 +138,11 @@ def merge_rows(block_m: int, group: int, max_qo_len: int, decode: bool) -> int:
 
 
 def merge_block_c(rows: int) -> int:
-    """Chunks the in-kernel merge loads per step. The merge's cost follows its steps (one memory
-    round trip each: benchmarks/results/tune/split-probe-h200.json, 3-4 us for up to 16 chunks in one
-    step, 8.5 us for 32 in two), so a decode tile's 4 rows take 32 chunks a step ([32, 4, 128] float32;
-    ptxas: no spills, 252 registers); wider row slices take about 8K elements (2 chunks of 32 rows:
-    4 spill 1.8 KB in the 128x32 prefill kernel). Not yet timed on a GPU at 32."""
-    return max(1, min(32, 128 // rows)) if rows <= 4 else max(1, 64 // rows)
+    """Chunks the in-kernel merge loads per step: about 8K float32 elements of [chunks, rows, 128]
+    partials at once, 16 at most (one memory round trip per step: 3-4 us for up to 16 chunks,
+    benchmarks/results/tune/split-probe-h200.json). Two 32-row slices a step: four spill 1.8 KB in
+    the 128x32 prefill kernel (ptxas, sm_90a)."""
+    return max(1, min(16, 64 // rows))
 
 
 def is_decode_shape(group: int, max_qo_len: int) -> bool:
