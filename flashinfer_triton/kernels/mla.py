@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import AotConfig
-from .attention.helpers import kv_rows, tile_bounds
+from .attention.helpers import kv_rows, load_work_item, tile_bounds
 from .attention.merge import merge_chunks
 
 MERGE_SLICE = tl.constexpr(256)  # columns of a partial the merge holds at once (the tile is 512 wide)
@@ -128,16 +128,9 @@ def mla_kernel(
     pid = tl.program_id(0)
     item = pid // head_groups
     head_group = pid % head_groups
-    # Every field of the work item is stored per item: one round of independent loads.
-    req = tl.load(item_req_ptr + item)
-    q_start = tl.load(item_q_start_ptr + item)
-    kv_start = tl.load(item_kv_start_ptr + item)
-    kv_end = tl.load(item_kv_end_ptr + item)
-    qo_begin = tl.load(item_qo_begin_ptr + item)
-    qo_len = tl.load(item_qo_len_ptr + item)
-    kv_begin = tl.load(item_kv_begin_ptr + item).to(tl.int64)
-    kv_len = tl.load(item_kv_len_ptr + item)
-    part_base = tl.load(item_part_base_ptr + item)
+    req, q_start, kv_start, kv_end, qo_begin, qo_len, kv_begin, kv_len, part_base = load_work_item(
+        item, item_req_ptr, item_q_start_ptr, item_kv_start_ptr, item_kv_end_ptr, item_qo_begin_ptr, item_qo_len_ptr,
+        item_kv_begin_ptr, item_kv_len_ptr, item_part_base_ptr)
     if req < 0:  # padding item of a CUDA-graph sized grid
         return
     tile_q = BLOCK_M // group

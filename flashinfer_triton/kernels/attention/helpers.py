@@ -16,6 +16,25 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
+def load_work_item(item, item_req_ptr, item_q_start_ptr, item_kv_start_ptr, item_kv_end_ptr, item_qo_begin_ptr,
+                   item_qo_len_ptr, item_kv_begin_ptr, item_kv_len_ptr, item_part_base_ptr):
+    """The fields of work item ``item`` a program starts from (the scheduler stores every field per
+    item: one round of independent loads, no dependent second round through the request index):
+    ``(req, q_start, kv_start, kv_end, qo_begin, qo_len, kv_begin [int64], kv_len, part_base)``;
+    ``req < 0`` marks a padding item of a CUDA-graph sized grid."""
+    req = tl.load(item_req_ptr + item)
+    q_start = tl.load(item_q_start_ptr + item)
+    kv_start = tl.load(item_kv_start_ptr + item)
+    kv_end = tl.load(item_kv_end_ptr + item)
+    qo_begin = tl.load(item_qo_begin_ptr + item)
+    qo_len = tl.load(item_qo_len_ptr + item)
+    kv_begin = tl.load(item_kv_begin_ptr + item).to(tl.int64)
+    kv_len = tl.load(item_kv_len_ptr + item)
+    part_base = tl.load(item_part_base_ptr + item)
+    return req, q_start, kv_start, kv_end, qo_begin, qo_len, kv_begin, kv_len, part_base
+
+
+@triton.jit
 def tile_bounds(kv_start, kv_end, q_start, tile_q, qo_len, kv_len, window_left,
                 BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, ALL_MASKED: tl.constexpr):
     """KV range ``[lo, hi)`` a tile of queries ``[q_start, q_start + tile_q)`` must visit inside its

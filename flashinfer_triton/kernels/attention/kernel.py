@@ -17,7 +17,7 @@ their argument lists from the two (``flashinfer_triton/attention/signature.py``)
 import triton
 import triton.language as tl
 
-from .helpers import attend_block, tile_bounds
+from .helpers import attend_block, load_work_item, tile_bounds
 from .variants import user_kv_range
 from .elementwise import rope_rotate
 from .merge import merge_chunks
@@ -70,17 +70,9 @@ def attention_kernel(
     2 ALiBi. ``sm_scale_log2`` is ``sm_scale * log2(e)``, or ``sm_scale / soft_cap`` with SOFT_CAP."""
     item = tl.program_id(0)
     kv_head = tl.program_id(1)
-    # Every field of the work item is stored per item: one round of independent loads, no
-    # dependent second round through the request index.
-    req = tl.load(item_req_ptr + item)
-    q_start = tl.load(item_q_start_ptr + item)
-    kv_start = tl.load(item_kv_start_ptr + item)
-    kv_end = tl.load(item_kv_end_ptr + item)
-    qo_begin = tl.load(item_qo_begin_ptr + item)
-    qo_len = tl.load(item_qo_len_ptr + item)
-    kv_begin = tl.load(item_kv_begin_ptr + item).to(tl.int64)
-    kv_len = tl.load(item_kv_len_ptr + item)
-    part_base = tl.load(item_part_base_ptr + item)
+    req, q_start, kv_start, kv_end, qo_begin, qo_len, kv_begin, kv_len, part_base = load_work_item(
+        item, item_req_ptr, item_q_start_ptr, item_kv_start_ptr, item_kv_end_ptr, item_qo_begin_ptr, item_qo_len_ptr,
+        item_kv_begin_ptr, item_kv_len_ptr, item_part_base_ptr)
     if req < 0:  # padding item of a CUDA-graph sized grid
         return
     tile_q = BLOCK_M // group
