@@ -138,7 +138,7 @@ def environment() -> Dict[str, str]:
     return env
 
 
-def write_partial_on_sigterm(name: str, rows: List[dict], script: str) -> None:
+def write_partial_on_sigterm(name: str, rows: List[dict], script: str, directory: Optional[str] = None) -> None:
     """If the process is terminated (``timeout`` sends SIGTERM), append the rows measured so far to
     ``benchmarks/results/<name>.json`` as a run marked partial, then exit; the script's own
     ``write_results`` at its end writes the complete run otherwise. ``script``: the script's path
@@ -146,8 +146,8 @@ def write_partial_on_sigterm(name: str, rows: List[dict], script: str) -> None:
 
     def handler(signum, frame):  # noqa: ARG001
         write_results(name, rows, f"PYTHONPATH=. python3 {script} " + " ".join(sys.argv[1:]),
-                      extra={"partial": "stopped by SIGTERM before the run's end"})
-        print(f"{script}: stopped; {len(rows)} rows written to benchmarks/results/{name}.json", flush=True)
+                      extra={"partial": "stopped by SIGTERM before the run's end"}, directory=directory)
+        print(f"{script}: stopped; {len(rows)} rows written to {directory or RESULTS_DIR}/{name}.json", flush=True)
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_mla import D_CKV, D_KPE, DTYPE, HEADS, SM_SCALE, Caches, flops  # noqa: E402
-from benchmarks.harness import RESULTS_DIR, time_graph, write_results  # noqa: E402
+from benchmarks.harness import RESULTS_DIR, time_graph, write_partial_on_sigterm, write_results  # noqa: E402
 import flashinfer_triton  # noqa: E402
 from flashinfer_triton.attention import config  # noqa: E402
 from flashinfer_triton.attention.device import device_info  # noqa: E402
@@ -29,8 +29,9 @@ PAGE = 64
 # name -> (batch, kv_len, q_len)
 SHAPES = {"1x4096": (1, 4096, 1), "1x32768": (1, 32768, 1), "16x4096": (16, 4096, 1), "16x32768": (16, 32768, 1),
           "64x16384": (64, 16384, 1), "128x32768": (128, 32768, 1), "16x4096 q2": (16, 4096, 2)}
-BLOCKS = [(64, 32, 8, 2), (64, 32, 8, 3), (64, 64, 8, 2), (64, 16, 8, 3), (64, 32, 4, 2)]
-SPLITS = [(1, 1, 128), (1, 1, 256), (1, 1, 512), (2, 2, 128), (2, 2, 256)]  # (programs/CU, fill, min chunk)
+BLOCKS = [(64, 32, 8, 2), (64, 32, 8, 3), (64, 64, 8, 2), (64, 64, 8, 1), (64, 32, 8, 1), (64, 16, 8, 3),
+          (64, 16, 8, 2), (64, 32, 4, 2)]
+SPLITS = [(1, 1, 128), (1, 1, 512), (1, 1, 1024), (1, 1, 2048), (2, 2, 256), (2, 2, 1024)]  # (programs/CU, fill, min chunk)
 
 
 def main():
@@ -46,6 +47,7 @@ def main():
     batches = {name: caches.batch(PAGE, b, n, q, gen) for name, (b, n, q) in SHAPES.items()}
     ws = torch.zeros(256 << 20, dtype=torch.uint8, device="cuda")
     rows = []
+    write_partial_on_sigterm(f"mla-{family}", rows, "benchmarks/tune_mla.py", os.path.join(RESULTS_DIR, "tune"))
     t0 = time.time()
 
     def run_all(stage, label, **fields):
