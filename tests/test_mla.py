@@ -90,10 +90,11 @@ def test_mla_matches_reference(dtype, page_size, heads, qo_lens, kv_lens, causal
     _check(out, lse, q_nope, q_pe, ckvs, kpes, qo_lens, causal, DEEPSEEK_SM_SCALE, dtype)
 
 
-# (fixed split in tokens, kv_lens, qo_lens, causal): chunks per request decide one or two merge levels.
+# (fixed split in tokens, kv_lens on the CPU / GPU tier, qo_lens, causal): chunks per request (the split
+# rounded up to BLOCK_N, 64 on the CPU's table) decide one or two merge levels.
 SPLITS = [
-    pytest.param(16, [40, 330, 1], [1, 1, 1], False, id="one-and-two-level-decode"),
-    pytest.param(16, [300, 70, 9], [3, 1, 5], True, id="two-level-causal-multi-token"),
+    pytest.param(16, ([100, 600, 1], [1600, 13200, 40]), [1, 1, 1], False, id="one-and-two-level-decode"),
+    pytest.param(16, ([600, 100, 9], [12000, 2800, 360]), [3, 1, 5], True, id="two-level-causal-multi-token"),
 ]
 
 
@@ -104,7 +105,7 @@ def test_split_kv_merge_levels(dtype, split, kv_lens, qo_lens, causal):
     chunks merge in one level, longer ones in two; the merge counters are left at zero."""
     gen = _gen()
     heads, page_size = gpu_or_cpu(5, 128), 16
-    kv_lens = [gpu_or_cpu(n, 40 * n) for n in kv_lens]
+    kv_lens = gpu_or_cpu(*kv_lens)
     ckv, kpe, kv_indptr, kv_indices, kv_len_arr, ckvs, kpes = build_mla_cache(kv_lens, page_size, dtype, DEVICE, gen)
     q_nope, q_pe = _queries(gen, sum(qo_lens), heads, dtype)
     ws = Workspace(_workspace())
@@ -232,7 +233,7 @@ def test_launcher_picks_only_aot_compiled_configs(family, monkeypatch):
     hip = family == "cdna"
     info = DeviceInfo(family, family, "hip" if hip else "cuda", "gfx942" if hip else "90", 132, 232448, 32)
     monkeypatch.setattr(mla_engine, "device_info", lambda device: info)
-    compiled = {c.name for c in mla_aot_configs()}
+    compiled = {c.name for c in mla_aot_configs() if ("gfx942" if hip else "cuda90") in c.targets}
     ws = torch.empty(1 << 20, dtype=torch.uint8)
     for q_dtype, kv_dtypes in MLA_DTYPES.items():
         for kv_dtype, (heads, q_len) in zip(kv_dtypes * 2, ((128, 1), (16, 2), (3, 7))):

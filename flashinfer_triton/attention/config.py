@@ -239,17 +239,24 @@ class MLATable:
 
 
 # A tile is 64 query rows (heads, then tokens) x 512 output columns of float32: 8 warps hold it in
-# registers; q (64 x 576) and two stages of 32 KV rows fit Hopper's shared memory.
+# registers. Hopper: benchmarks/results/tune/mla-h200.json (H200, Triton 3.6, 2026-12-01): BLOCK_N 64
+# with 2 stages led the shape stage (geometric mean over 7 DeepSeek shapes 588 us; 64x32 / 2 stages,
+# the previous default, 680 us; 4 warps 1537 us), chunks of at least 512 keys led the split stage
+# (583 us; one wave of programs: 2 programs per SM lost the long rows).
 _MLA_HOPPER = MLATable(
-    source="architecture default, not measured",
+    source="benchmarks/results/tune/mla-h200.json (H200, Triton 3.6, 2026-12-01)",
+    shape=BlockShape(64, 64, 8, 2),
+    fp32_shape=BlockShape(16, 16, 4, 1),
+    split=SplitPolicy(programs_per_cu=1, fill_programs_per_cu=1, min_chunk_tokens=512, skew_factor=4),
+)
+# MI300X: 64 KB of LDS; the 64 x 32 / 2-stage tile fits it (AOT tier), the Hopper-tuned 64 x 64 may not.
+# Not measured on an MI300X.
+_MLA_CDNA = MLATable(
+    source="architecture default: the 64 x 32 tile, which fits 64 KB LDS in the AOT tier; not measured",
     shape=BlockShape(64, 32, 8, 2),
     fp32_shape=BlockShape(16, 16, 4, 1),
-    # Partials are whole [rows, 512] float32 tiles: one wave of programs, chunks of at least 128 keys.
     split=SplitPolicy(programs_per_cu=1, fill_programs_per_cu=1, min_chunk_tokens=128, skew_factor=4),
 )
-# MI300X: Hopper's shapes, which the AOT tier shows fit its 64 KB of LDS.
-_MLA_CDNA = MLATable(**{**_MLA_HOPPER.__dict__, "source": "architecture default (Hopper's shapes, which fit "
-                                                           "64 KB LDS in the AOT tier), not measured"})
 MLA_TABLES: Dict[str, MLATable] = {"h200": _MLA_HOPPER, "h100": _MLA_HOPPER, "hopper": _MLA_HOPPER,
                                    "cdna": _MLA_CDNA, "default": _MLA_HOPPER}
 

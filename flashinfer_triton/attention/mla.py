@@ -261,15 +261,16 @@ def _modelled_device(family: str) -> DeviceInfo:
     return DeviceInfo(family, family, backend, arch, 132, 232448, 32)
 
 
-def mla_launchable() -> List[Tuple[KernelConfig, torch.dtype, torch.dtype]]:
-    """Every (configuration, q dtype, kv dtype) the MLA launcher can pick on any device table."""
+def mla_launchable() -> List[Tuple[KernelConfig, torch.dtype, torch.dtype, str]]:
+    """Every (configuration, q dtype, kv dtype, backend) the MLA launcher can pick on any device table."""
     out = {}
     for family in MLA_TABLES:
         info = _modelled_device(family)
         for q_dtype, kv_dtypes in MLA_DTYPES.items():
             for kv_dtype in kv_dtypes:
                 cfg = select_mla_config(q_dtype, kv_dtype, info)
-                out[(cfg.launch_key, cfg.num_warps, q_dtype, kv_dtype)] = (cfg, q_dtype, kv_dtype)
+                out[(cfg.launch_key, cfg.num_warps, q_dtype, kv_dtype, info.backend)] = (cfg, q_dtype, kv_dtype,
+                                                                                         info.backend)
     return list(out.values())
 
 
@@ -279,9 +280,11 @@ def mla_config_name(cfg: KernelConfig, q_dtype: torch.dtype, kv_dtype: torch.dty
 
 
 def mla_aot_configs() -> List[AotConfig]:
+    """Each backend's table shapes compile for that backend's AOT targets."""
     configs = []
-    for cfg, q_dtype, kv_dtype in mla_launchable():
+    for cfg, q_dtype, kv_dtype, backend in mla_launchable():
         sig = MLA.aot_signature({"q": q_dtype, "kv": kv_dtype, "o": q_dtype})
+        targets = ("gfx942", "gfx950") if backend == "hip" else ("cuda90", "cuda80")
         configs.append(AotConfig(mla_kernel, sig, mla_constexprs(cfg), cfg.num_warps, cfg.num_stages,
-                                 mla_config_name(cfg, q_dtype, kv_dtype)))
+                                 mla_config_name(cfg, q_dtype, kv_dtype), targets=targets))
     return configs
