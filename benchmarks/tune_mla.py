@@ -38,13 +38,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--budget-s", type=float, default=240.0, help="no new configuration starts after this long")
+    ap.add_argument("--blocks", nargs="+", default=None, metavar="M,N,W,S",
+                    help="block shapes to sweep (BLOCK_M,BLOCK_N,warps,stages); default: BLOCKS")
+    ap.add_argument("--shapes", nargs="+", default=None, choices=sorted(SHAPES), help="problem shapes (default all)")
     args = ap.parse_args()
+    blocks = [tuple(int(v) for v in b.split(",")) for b in args.blocks] if args.blocks else BLOCKS
+    shapes = {name: SHAPES[name] for name in (args.shapes or SHAPES)}
     info = device_info(torch.device("cuda"))
     family = info.family
     base = config.mla_table_for(info)
-    caches = Caches((PAGE,), max(s[0] for s in SHAPES.values()), max(s[1] for s in SHAPES.values()))
+    caches = Caches((PAGE,), max(s[0] for s in shapes.values()), max(s[1] for s in shapes.values()))
     gen = torch.Generator(device="cuda").manual_seed(1)
-    batches = {name: caches.batch(PAGE, b, n, q, gen) for name, (b, n, q) in SHAPES.items()}
+    batches = {name: caches.batch(PAGE, b, n, q, gen) for name, (b, n, q) in shapes.items()}
     ws = torch.zeros(256 << 20, dtype=torch.uint8, device="cuda")
     rows = []
     write_partial_on_sigterm(f"mla-{family}", rows, "benchmarks/tune_mla.py", os.path.join(RESULTS_DIR, "tune"))
@@ -78,7 +83,7 @@ def main():
 
     # Stage 1: the block shape (BLOCK_M, BLOCK_N, warps, stages) under the table's split policy.
     best = None
-    for block in BLOCKS:
+    for block in blocks:
         if time.time() - t0 > args.budget_s:
             print(f"budget of {args.budget_s:.0f} s reached: the remaining shapes are not measured")
             break
