@@ -183,7 +183,10 @@ def forward(weights: DecoderWeights, backend, kv_layers: List[torch.Tensor], tok
         h = F.linear(o, lw.w_o)
         backend.fused_add_rmsnorm(h, residual, lw.mlp_norm, eps)
         h = F.linear(backend.silu_and_mul(F.linear(h, lw.w_gate_up)), lw.w_down)
-    # The last residual add and the final norm only on the rows whose logits are wanted.
+    # The last residual add and the final norm only on the rows whose logits are wanted (none in a step
+    # of mid-prompt chunks: FlashInfer's norm kernels reject an empty grid with "invalid argument").
+    if logit_rows.numel() == 0:
+        return h.new_empty((0, weights.lm_head.shape[0]))
     h, residual = h[logit_rows], residual[logit_rows]
     backend.fused_add_rmsnorm(h, residual, weights.norm, eps)
     return F.linear(h, weights.lm_head)
