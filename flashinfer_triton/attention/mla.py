@@ -3,9 +3,10 @@
 ``plan_mla`` is the MLA counterpart of ``plan_attention``: the device's configuration
 (``config.select_mla_config``, tables in ``config.MLA_TABLES``), the scheduler's work list
 (``plan_work``: query rows tiled ``tile_q`` tokens at a time, the head groups of a request standing
-where the attention kernel's KV heads stand), the one metadata upload, the workspace's partials and
-merge counters, CUDA-graph bounds; it returns an ``MLALauncher``. The kernel (``kernels/mla.py``)
-and this module share one declaration of its arguments (``MLA``, a ``KernelSignature``).
+where the attention kernel's KV heads stand), the one metadata upload, the workspace's partials,
+CUDA-graph bounds; it returns an ``MLALauncher``, which launches ``mla_kernel`` and, when a request
+is split, ``mla_merge_kernel``. The kernels (``kernels/mla.py``) and this module share one
+declaration of each kernel's arguments (``MLA``, ``MLA_MERGE``: ``KernelSignature``).
 
 Heads map onto tiles of ``BLOCK_M`` rows: ``group = min(num_heads, BLOCK_M)`` heads per tile and
 ``tile_q = BLOCK_M // group`` query tokens; ``head_groups = ceil(num_heads / group)`` programs per
@@ -25,7 +26,8 @@ import torch
 from .._launch import launch
 from .._utils import LOG2E, canonicalize_dtype
 from ..kernels import AotConfig
-from ..kernels.mla import ARG_TYPES, PER_CALL_ARGS, mla_kernel
+from ..kernels.mla import ARG_TYPES, MERGE_ARG_TYPES, MERGE_PER_CALL_ARGS, PER_CALL_ARGS, mla_kernel, \
+    mla_merge_kernel
 from .config import MLA_TABLES, KernelConfig, mla_table_for, select_mla_config
 from .device import DeviceInfo, device_info
 from .launcher import dummy
@@ -35,9 +37,15 @@ from .signature import KernelSignature
 from .workspace import Workspace
 
 MLA = KernelSignature(mla_kernel, ARG_TYPES, PER_CALL_ARGS)
-if set(MLA.meta_fields) != set(META_FIELDS):
-    raise ImportError(f"mla_kernel's work-list fields differ from the scheduler's: "
-                      f"{sorted(set(MLA.meta_fields) ^ set(META_FIELDS))}")
+MLA_MERGE = KernelSignature(mla_merge_kernel, MERGE_ARG_TYPES, MERGE_PER_CALL_ARGS)
+for _sig in (MLA, MLA_MERGE):
+    if not set(_sig.meta_fields) <= set(META_FIELDS):
+        raise ImportError(f"{_sig.kernel.fn.__name__} reads work-list fields the scheduler does not make: "
+                          f"{sorted(set(_sig.meta_fields) - set(META_FIELDS))}")
+
+# The merge kernel's launch: BLOCK_H heads of one query a program, BLOCK_C chunks of [BLOCK_H, 512]
+# float32 partials per load (4K elements for 4 warps). Defaults, not yet swept.
+MERGE_BLOCK_H, MERGE_CHUNKS, MERGE_WARPS = 2, 4, 4
 
 HEAD_DIM_CKV = 512
 HEAD_DIM_KPE = 64
@@ -100,37 +108,46 @@ def mla_graph_bounds(opts: MLAOptions, cfg: KernelConfig, device: torch.device, 
     _, head_groups, tile_q = head_tiling(opts.num_heads, cfg.block_m)
     max_tiles = -(-max_rows // tile_q) + batch
     items = max_grid(batch, max_tiles, head_groups, info.compute_units, mla_table_for(info).split, opts.causal)
-    return GraphBounds(items, items * min(tile_q, max(max_rows, 1)), max_tiles)
+    return GraphBounds(items, items * min(tile_q, max(max_rows, 1)), 0)  # no merge counters: a merge kernel
 
 
 def mla_constexprs(cfg: KernelConfig) -> Dict[str, object]:
     """The kernel's constexprs, in its signature order."""
     values = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM_CKV=HEAD_DIM_CKV, HEAD_DIM_KPE=HEAD_DIM_KPE,
-                  MERGE_BLOCK_C=cfg.merge_block_c, DOT_PRECISION=cfg.dot_precision)
+                  DOT_PRECISION=cfg.dot_precision)
     return {name: values[name] for name in MLA.constexpr_args}
 
 
+MERGE_CONSTEXPRS = dict(HEAD_DIM_CKV=HEAD_DIM_CKV, BLOCK_H=MERGE_BLOCK_H, BLOCK_C=MERGE_CHUNKS)
+
+
 class MLALauncher:
-    """The launch of one MLA plan: the plan-time argument group, the grid and the constexprs are fixed
-    here; run() adds the tensors, strides and scales (``MLA.per_call_args``)."""
+    """The launches of one MLA plan: the plan-time argument groups, the grids and the constexprs are
+    fixed here; run() adds the tensors, strides and scales (``MLA.per_call_args``). ``merge_grid`` is
+    empty when no request is split (and never empty for a CUDA-graph wrapper, whose later plans may
+    split)."""
 
     def __init__(self, opts: MLAOptions, cfg: KernelConfig, plan: WorkPlan, meta: Dict[str, torch.Tensor],
-                 kv_indices: torch.Tensor, part_o: torch.Tensor, part_lse: torch.Tensor, counters: torch.Tensor,
-                 page_size: int, group_counter_base: int):
-        group, head_groups, _ = head_tiling(opts.num_heads, cfg.block_m)
-        values = dict(part_o_ptr=part_o, part_lse_ptr=part_lse, merge_counter_ptr=counters, kv_indices_ptr=kv_indices,
+                 kv_indices: torch.Tensor, part_o: torch.Tensor, part_lse: torch.Tensor, page_size: int,
+                 merge: bool):
+        group, head_groups, tile_q = head_tiling(opts.num_heads, cfg.block_m)
+        values = dict(part_o_ptr=part_o, part_lse_ptr=part_lse, kv_indices_ptr=kv_indices,
                       num_heads=opts.num_heads, head_groups=head_groups, group=group, page_size=page_size,
-                      causal=int(opts.causal), group_counter_base=group_counter_base)
+                      causal=int(opts.causal), tile_q=tile_q)
         values.update({f"{name}_ptr": meta[name] for name in meta})
         self.opts, self.cfg, self.plan = opts, cfg, plan
         self.plan_args = tuple(values[name] for name in MLA.plan_args)
+        self.merge_plan_args = tuple(values[name] for name in MLA_MERGE.plan_args)
         self.grid = (plan.grid_items * head_groups, 1, 1)
+        self.merge_grid = (plan.grid_items, -(-opts.num_heads // MERGE_BLOCK_H), 1) if merge and plan.grid_items \
+            else (0, 1, 1)
         self.constexprs = mla_constexprs(cfg)
         self.launch_id = register_launch(cfg)
         self.f32_dummy = dummy(part_o.device, torch.float32)
         # Everything fixed for this plan, folded into one hash: the workspace views and metadata
         # fields are 16-byte aligned by construction; the caller's page ids are checked.
         self.static_key = hash((id(mla_kernel), cfg.launch_key, opts, kv_indices.data_ptr() & 15 == 0))
+        self.merge_static_key = hash((id(mla_merge_kernel), opts))
 
     def call_args(self, q_nope, q_pe, ckv, kpe, out, lse, ckv_scale: float, kpe_scale: float, lse_scale: float):
         """The per-call argument group (``MLA.per_call_args`` order)."""
@@ -139,6 +156,12 @@ class MLALauncher:
                 q_nope.stride(0), q_nope.stride(1), q_pe.stride(0), q_pe.stride(1), ckv.stride(0), ckv.stride(1),
                 kpe.stride(0), kpe.stride(1), out.stride(0), out.stride(1),
                 self.opts.sm_scale * ckv_scale * LOG2E, kpe_scale / ckv_scale, ckv_scale, lse_scale, int(write_lse))
+
+    @staticmethod
+    def merge_call_args(args):
+        """The merge kernel's per-call group, taken from the main kernel's (``call_args``)."""
+        named = dict(zip(MLA.per_call_args, args))
+        return tuple(named[name] for name in MLA_MERGE.per_call_args)
 
     def __call__(self, q_nope, q_pe, ckv, kpe, out, lse=None, ckv_scale: float = 1.0, kpe_scale: float = 1.0,
                  lse_scale: float = 1.0) -> None:
@@ -151,6 +174,11 @@ class MLALauncher:
         key = (self.static_key, args[6:16], q_nope.dtype, ckv.dtype, tuple(t.data_ptr() & 15 == 0 for t in args[:6]))
         launch(mla_kernel, self.grid, args + self.plan_args, self.constexprs, self.cfg.num_warps, self.cfg.num_stages,
                key, prehashed=True)
+        if self.merge_grid[0]:
+            merge_args = self.merge_call_args(args)
+            key = (self.merge_static_key, merge_args[2:4], out.dtype, out.data_ptr() & 15 == 0)
+            launch(mla_merge_kernel, self.merge_grid, merge_args + self.merge_plan_args, MERGE_CONSTEXPRS,
+                   MERGE_WARPS, 1, key, prehashed=True)
 
 
 def plan_mla(opts: MLAOptions, workspace: Workspace, meta: DeviceMetadata, qo_indptr: np.ndarray, kv_len: np.ndarray,
@@ -177,25 +205,18 @@ def plan_mla(opts: MLAOptions, workspace: Workspace, meta: DeviceMetadata, qo_in
 
     plan = schedule(disable_split_kv)
     rows_cap = row_capacity if bounds is None else min(row_capacity, bounds.partial_rows)
-    tiles = plan.num_counters if bounds is None else bounds.counters
     rows = plan.num_partial_rows if bounds is None else bounds.partial_rows
-    # Merge counters (per head group): one per split tile, and one per partial row for two-level groups.
-    too_many_counters = (tiles + rows) * head_groups > workspace.max_counters()
-    if plan.num_partial_rows > rows_cap or plan.num_counters > tiles or too_many_counters:
+    if plan.num_partial_rows > rows_cap:
         if fixed_split_tokens is not None:
             raise ValueError(f"float_workspace_buffer: the fixed split size needs {plan.num_partial_rows} partial "
-                             f"rows and {plan.num_counters} merge counters, more than the buffer holds; pass a larger "
-                             f"buffer or a larger split")
+                             f"rows, more than the buffer holds ({rows_cap}); pass a larger buffer or a larger split")
         plan = schedule(True)  # not enough workspace for partials: one chunk per request
         if bounds is None:
-            tiles = rows = 0
+            rows = 0
     part_o, part_lse = workspace.partials(rows, opts.num_heads, opts.head_dim_ckv)
-    if bounds is not None or plan.num_counters:
-        counters = workspace.counters((tiles + rows) * head_groups)
-    else:
-        counters = dummy(device, torch.int32)
     views = meta.upload(plan, non_blocking=non_blocking)
-    return MLALauncher(opts, cfg, plan, views, kv_indices, part_o, part_lse, counters, page_size, tiles * head_groups)
+    return MLALauncher(opts, cfg, plan, views, kv_indices, part_o, part_lse, page_size,
+                       merge=bounds is not None or plan.num_partial_rows > 0)
 
 
 # ---- torch.library op (torch.compile): the MLA counterpart of ``ops.attention_op`` ----
@@ -204,8 +225,9 @@ def plan_mla(opts: MLAOptions, workspace: Workspace, meta: DeviceMetadata, qo_in
 # torch.compile traces): the op names its constexprs and launch options by this id.
 MLA_LAUNCH_CONFIGS: List[KernelConfig] = []
 _MLA_LAUNCH_IDS: Dict[KernelConfig, int] = {}
-_WRITTEN = ("o_ptr", "lse_ptr", "part_o_ptr", "part_lse_ptr", "merge_counter_ptr")
+_WRITTEN = ("o_ptr", "lse_ptr", "part_o_ptr", "part_lse_ptr")
 _KINDS = MLA.op_kinds(MLA.runtime_args)
+_MERGE_ONLY = tuple(n for n in MLA_MERGE.runtime_args if n not in MLA.runtime_args)  # work-list fields, tile_q
 
 
 def register_launch(cfg: KernelConfig) -> int:
@@ -216,24 +238,30 @@ def register_launch(cfg: KernelConfig) -> int:
     return index
 
 
-# Only out and lse are declared written. The workspace views (float32 partials, int32 counters over
-# the uint8 buffer) are scratch: written and read within the launch, the counters left at zero. Declared
-# mutated, Inductor functionalizes them into as_strided copies that read past the views (an illegal
-# memory access on the H200).
+# Only out and lse are declared written. The workspace's float32 partials (a view of its uint8
+# buffer) are scratch, written and read within the call: declared mutated, Inductor functionalizes
+# them into as_strided copies that read past the view (an illegal memory access on the H200).
 @torch.library.custom_op("flashinfer_triton::mla", mutates_args=("out", "lse"))
 def mla_op(out: torch.Tensor, lse: torch.Tensor, part_o: torch.Tensor, part_lse: torch.Tensor,
-           counters: torch.Tensor, inputs: List[torch.Tensor], ints: List[int], floats: List[float],
-           grid: List[int], launch_id: int) -> None:
-    written = dict(zip(_WRITTEN, (out, lse, part_o, part_lse, counters)))
+           inputs: List[torch.Tensor], ints: List[int], floats: List[float], merge_inputs: List[torch.Tensor],
+           merge_ints: List[int], grid: List[int], merge_grid: List[int], launch_id: int) -> None:
+    written = dict(zip(_WRITTEN, (out, lse, part_o, part_lse)))
     it_t, it_i, it_f = iter(inputs), iter(ints), iter(floats)
     args = [written[name] if name in written else next(it_t) if kind == "tensor" else next(it_i) if kind == "int"
             else next(it_f) for name, kind in zip(MLA.runtime_args, _KINDS)]
     cfg = MLA_LAUNCH_CONFIGS[launch_id]
     mla_kernel[tuple(grid)](*args, **mla_constexprs(cfg), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if merge_grid[0]:
+        named = dict(zip(MLA.runtime_args, args))
+        it_t, it_i = iter(merge_inputs), iter(merge_ints)
+        named.update({name: next(it_t) if kind == "tensor" else next(it_i)
+                      for name, kind in zip(_MERGE_ONLY, MLA_MERGE.op_kinds(_MERGE_ONLY))})
+        mla_merge_kernel[tuple(merge_grid)](*(named[name] for name in MLA_MERGE.runtime_args), **MERGE_CONSTEXPRS,
+                                            num_warps=MERGE_WARPS, num_stages=1)
 
 
 @mla_op.register_fake
-def _(out, lse, part_o, part_lse, counters, inputs, ints, floats, grid, launch_id) -> None:
+def _(out, lse, part_o, part_lse, inputs, ints, floats, merge_inputs, merge_ints, grid, merge_grid, launch_id) -> None:
     return None
 
 
@@ -247,11 +275,15 @@ def run_mla(launcher: MLALauncher, q_nope, q_pe, ckv, kpe, out, lse=None, ckv_sc
         return
     args = launcher.call_args(q_nope, q_pe, ckv, kpe, out, lse, ckv_scale, kpe_scale, lse_scale)
     values = dict(zip(MLA.runtime_args, args + launcher.plan_args))
+    values.update(zip(MLA_MERGE.plan_args, launcher.merge_plan_args))
     inputs, ints, floats = [], [], []
     for name, kind in zip(MLA.runtime_args, _KINDS):
         if name not in _WRITTEN:
             (inputs if kind == "tensor" else ints if kind == "int" else floats).append(values[name])
-    mla_op(*(values[n] for n in _WRITTEN), inputs, ints, floats, list(launcher.grid), launcher.launch_id)
+    merge_inputs = [values[n] for n, k in zip(_MERGE_ONLY, MLA_MERGE.op_kinds(_MERGE_ONLY)) if k == "tensor"]
+    merge_ints = [values[n] for n, k in zip(_MERGE_ONLY, MLA_MERGE.op_kinds(_MERGE_ONLY)) if k == "int"]
+    mla_op(*(values[n] for n in _WRITTEN), inputs, ints, floats, merge_inputs, merge_ints, list(launcher.grid),
+           list(launcher.merge_grid), launcher.launch_id)
 
 
 # ---- the AOT list: every table's shape for every dtype pair it runs ----
@@ -287,4 +319,8 @@ def mla_aot_configs() -> List[AotConfig]:
         targets = ("gfx942", "gfx950") if backend == "hip" else ("cuda90", "cuda80")
         configs.append(AotConfig(mla_kernel, sig, mla_constexprs(cfg), cfg.num_warps, cfg.num_stages,
                                  mla_config_name(cfg, q_dtype, kv_dtype), targets=targets))
+    for o_dtype in MLA_DTYPES:
+        dt = str(o_dtype).replace("torch.", "").replace("float", "f")
+        configs.append(AotConfig(mla_merge_kernel, MLA_MERGE.aot_signature({"o": o_dtype}), dict(MERGE_CONSTEXPRS),
+                                 MERGE_WARPS, 1, f"mla_merge_h{MERGE_BLOCK_H}c{MERGE_CHUNKS}_{dt}"))
     return configs

@@ -9,11 +9,11 @@ each KV block is read once for all the heads of the tile. The block's logits are
 is never copied or concatenated. Programs are numbered head group fastest, so the head groups of
 one item run side by side and share its KV through L2.
 
-Split-KV is the attention kernel's: a split request's chunks write float32 partials and an atomic
-counter elects the last one to merge them (``merge_chunks``). An MLA partial is a whole
-``[rows, 512]`` float32 tile (with 128 heads, 256 KB per query and chunk), so a request with many
-chunks merges in two levels: the last chunk of each group of about sqrt(chunks) folds the group
-into its first slot, and the last group merges the groups. Causal masking is a run-time flag
+Split-KV: a split request's chunks write float32 partials (a whole ``[rows, 512]`` tile each: with
+128 heads, 256 KB per query and chunk) and ``mla_merge_kernel``, launched right after, merges them,
+one program per (split tile, block of heads), every chunk of a row read ``BLOCK_C`` at a time. (The
+attention kernel's in-kernel merge, by the last chunk to finish, made one program read every chunk's
+whole tile: about 15 us per chunk on the H200, benchmarks/results/tune/mla-h200.json.) Causal masking is a run-time flag
 (bottom-right aligned, as FlashInfer: query ``i`` sees key ``j <= i + kv_len - qo_len``).
 Softmax in base 2; the LSE written is ``log2(sum_j 2^(s_j * log2 e))``, times ``lse_scale``.
 """
@@ -24,9 +24,6 @@ import triton.language as tl
 from . import AotConfig
 from .attention.helpers import kv_rows, load_work_item, tile_bounds
 from .attention.merge import merge_chunks
-
-MERGE_SLICE = tl.constexpr(256)  # columns of a partial the merge holds at once (the tile is 512 wide)
-MERGE_ONE_LEVEL = tl.constexpr(8)  # chunks merged in one level; more merge in two (default, not yet measured)
 
 
 @triton.jit
@@ -80,43 +77,20 @@ def store_lse(lse, lse_ptr, q_row, head, m_row, num_heads, lse_scale, write_lse)
         tl.store(lse_ptr + q_row * num_heads + head, lse * lse_scale, mask=m_row)
 
 
-@triton.jit
-def merge_into(part_o_ptr, part_lse_ptr, base, count, stride_rows, q_idx, head, m_row, num_heads, dst, to_partial,
-               o_ptr, lse_ptr, q_row, stride_on, stride_oh, v_scale, lse_scale, write_lse, HEAD_DIM_CKV: tl.constexpr,
-               BLOCK_M: tl.constexpr, MERGE_BLOCK_C: tl.constexpr):
-    """Merge ``count`` partial states of a tile (state ``c`` of query ``q_idx`` at partial row
-    ``(base + c * stride_rows + q_idx) * num_heads + head``), ``MERGE_SLICE`` columns at a time, into
-    partial rows ``dst`` when ``to_partial`` (a group's first state: a column slice is written only
-    after every state's slice is read, the LSE after all slices), else into the output."""
-    to_partial_rows = (tl.zeros([BLOCK_M], tl.int32) + to_partial) != 0  # a tensor compare: a bool mask everywhere
-    keep = m_row & to_partial_rows
-    final = m_row & ~to_partial_rows
-    lse = tl.zeros([BLOCK_M], tl.float32)
-    for d0 in tl.static_range(0, HEAD_DIM_CKV, MERGE_SLICE):
-        o_dv = d0 + tl.arange(0, MERGE_SLICE)
-        v, lse = merge_chunks(part_o_ptr, part_lse_ptr, base, count, stride_rows, q_idx, head, m_row, num_heads,
-                              o_dv, o_dv < HEAD_DIM_CKV, HEAD_DIM_CKV, BLOCK_M, MERGE_SLICE, MERGE_BLOCK_C, True)
-        tl.store(part_o_ptr + dst[:, None] * HEAD_DIM_CKV + o_dv[None, :], v, mask=keep[:, None])
-        store_out(v, o_ptr, q_row, head, final, o_dv, stride_on, stride_oh, v_scale)
-    tl.store(part_lse_ptr + dst, lse, mask=keep)
-    store_lse(lse, lse_ptr, q_row, head, final, num_heads, lse_scale, write_lse)
-
-
-@triton.jit(do_not_specialize=["num_heads", "head_groups", "group", "page_size", "causal", "group_counter_base",
-                               "write_lse"])
+@triton.jit(do_not_specialize=["num_heads", "head_groups", "group", "page_size", "causal", "write_lse"])
 def mla_kernel(
     # per run(): inputs, outputs, their strides, scales, LSE switches
     q_nope_ptr, q_pe_ptr, ckv_ptr, kpe_ptr, o_ptr, lse_ptr,
     stride_qn_n, stride_qn_h, stride_qp_n, stride_qp_h, stride_cp, stride_ct, stride_pp, stride_pt,
     stride_on, stride_oh, qk_scale_log2, pe_ratio, v_scale, lse_scale, write_lse,
     # fixed at plan(): workspace, work list, page table, problem sizes
-    part_o_ptr, part_lse_ptr, merge_counter_ptr,
+    part_o_ptr, part_lse_ptr,
     item_req_ptr, item_q_start_ptr, item_kv_start_ptr, item_kv_end_ptr, item_chunk_ptr, item_qo_begin_ptr,
-    item_qo_len_ptr, item_kv_begin_ptr, item_kv_len_ptr, item_part_base_ptr, item_num_chunks_ptr, item_counter_ptr,
-    kv_indices_ptr, num_heads, head_groups, group, page_size, causal, group_counter_base,
+    item_qo_len_ptr, item_kv_begin_ptr, item_kv_len_ptr, item_part_base_ptr,
+    kv_indices_ptr, num_heads, head_groups, group, page_size, causal,
     # block shape
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM_CKV: tl.constexpr, HEAD_DIM_KPE: tl.constexpr,
-    MERGE_BLOCK_C: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """Shapes (elements): q_nope [N_q, H, HEAD_DIM_CKV], q_pe [N_q, H, HEAD_DIM_KPE] (token and head
     strides free, last dimension contiguous); ckv [pages, page_size, HEAD_DIM_CKV] and kpe [pages,
@@ -173,50 +147,46 @@ def mla_kernel(
     if part_base < 0:
         store_out(out, o_ptr, q_row, head, m_row, o_c, stride_on, stride_oh, v_scale)
         store_lse(lse, lse_ptr, q_row, head, m_row, num_heads, lse_scale, write_lse)
-    else:
-        # Split request: write this chunk's partial; the last chunk to finish merges them all, or, past
-        # MERGE_ONE_LEVEL chunks, the last of each group folds its group and the last group the groups.
+    else:  # a split request: this chunk's partial (unscaled), merged by mla_merge_kernel
         chunk = tl.load(item_chunk_ptr + item)
-        num_chunks = tl.load(item_num_chunks_ptr + item)
         part_row = (part_base + chunk * qo_len + q_idx).to(tl.int64) * num_heads + head
         tl.store(part_o_ptr + part_row[:, None] * HEAD_DIM_CKV + o_c[None, :], out, mask=m_row[:, None])
         tl.store(part_lse_ptr + part_row, lse, mask=m_row)
-        tl.debug_barrier()  # every thread's partial is stored before the counter moves (release below)
-        tile_counter = merge_counter_ptr + tl.load(item_counter_ptr + item) * head_groups + head_group
-        # Up to MERGE_ONE_LEVEL chunks: one group, the tile's counter counts chunks. More: groups of
-        # ~sqrt(num_chunks) chunks (two merges of ~sqrt(num_chunks) states on the critical path); a
-        # group's counter (after the tiles' ones, at the partial row of its first state) counts its
-        # chunks, the tile's counts merged groups.
-        grp_len = num_chunks
-        if num_chunks > MERGE_ONE_LEVEL:
-            grp_len = tl.ceil(tl.sqrt(num_chunks.to(tl.float32))).to(tl.int32)
-        num_groups = tl.cdiv(num_chunks, grp_len)
-        grp_first = chunk // grp_len * grp_len
-        grp_base = part_base + grp_first * qo_len
-        first_row = (grp_base + q_idx).to(tl.int64) * num_heads + head
-        to_partial = (num_groups > 1).to(tl.int32)
-        counter = tile_counter
-        if num_groups > 1:
-            counter = merge_counter_ptr + group_counter_base + (grp_base + q_start) * head_groups + head_group
-        finished = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        merging = (finished == tl.minimum(grp_len, num_chunks - grp_first) - 1).to(tl.int32)
-        base = grp_base
-        count = tl.minimum(grp_len, num_chunks - grp_first)
-        stride = qo_len
-        for _ in range(2):  # the group's merge, then (two levels) the merge of the groups
-            if merging != 0:
-                tl.debug_barrier()
-                merge_into(part_o_ptr, part_lse_ptr, base, count, stride, q_idx, head, m_row, num_heads, first_row,
-                           to_partial, o_ptr, lse_ptr, q_row, stride_on, stride_oh, v_scale, lse_scale, write_lse,
-                           HEAD_DIM_CKV, BLOCK_M, MERGE_BLOCK_C)
-                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next launch (graph replay)
-                merging = merging * 0
-                if to_partial != 0:
-                    tl.debug_barrier()  # the group's merged state is stored before the tile counter moves
-                    counter = tile_counter
-                    merging = (tl.atomic_add(tile_counter, 1, sem="acq_rel", scope="gpu") == num_groups - 1).to(
-                        tl.int32)
-                    base, count, stride, to_partial = part_base, num_groups, grp_len * qo_len, to_partial * 0
+
+
+@triton.jit(do_not_specialize=["num_heads", "tile_q", "write_lse"])
+def mla_merge_kernel(
+    # per run(): outputs, their strides, scales, LSE switch
+    o_ptr, lse_ptr, stride_on, stride_oh, v_scale, lse_scale, write_lse,
+    # fixed at plan(): the partials and the work list
+    part_o_ptr, part_lse_ptr, item_req_ptr, item_q_start_ptr, item_chunk_ptr, item_qo_begin_ptr, item_qo_len_ptr,
+    item_part_base_ptr, item_num_chunks_ptr, num_heads, tile_q,
+    HEAD_DIM_CKV: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Grid ``(items, cdiv(num_heads, BLOCK_H))``. The first chunk's item of every split tile merges,
+    for its ``tile_q`` queries and ``BLOCK_H`` heads, the partials ``mla_kernel`` wrote (layout and
+    LSE base as there) into o [N_q, H, HEAD_DIM_CKV] (times ``v_scale``) and lse [N_q, H] (times
+    ``lse_scale``, when ``write_lse``); every other item returns at once."""
+    item = tl.program_id(0)
+    req = tl.load(item_req_ptr + item)
+    part_base = tl.load(item_part_base_ptr + item)
+    chunk = tl.load(item_chunk_ptr + item)
+    if (req < 0) | (part_base < 0) | (chunk != 0):
+        return
+    q_start = tl.load(item_q_start_ptr + item)
+    qo_begin = tl.load(item_qo_begin_ptr + item)
+    qo_len = tl.load(item_qo_len_ptr + item)
+    num_chunks = tl.load(item_num_chunks_ptr + item)
+    head = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    o_c = tl.arange(0, HEAD_DIM_CKV)
+    for t in range(0, tile_q):
+        q_vec = tl.zeros([BLOCK_H], tl.int32) + q_start + t
+        m_row = (head < num_heads) & (q_vec < qo_len)
+        v, lse = merge_chunks(part_o_ptr, part_lse_ptr, part_base, num_chunks, qo_len, q_vec, head, m_row, num_heads,
+                              o_c, o_c < HEAD_DIM_CKV, HEAD_DIM_CKV, BLOCK_H, HEAD_DIM_CKV, BLOCK_C, True)
+        q_row = (qo_begin + q_vec).to(tl.int64)
+        store_out(v, o_ptr, q_row, head, m_row, o_c, stride_on, stride_oh, v_scale)
+        store_lse(lse, lse_ptr, q_row, head, m_row, num_heads, lse_scale, write_lse)
 
 
 # The declaration: every runtime argument's type. "q"/"kv"/"o" are pointers of the plan's q, KV and
@@ -227,24 +197,34 @@ ARG_TYPES = {
     **{name: "i32" for name in ("stride_qn_n", "stride_qn_h", "stride_qp_n", "stride_qp_h", "stride_cp", "stride_ct",
                                 "stride_pp", "stride_pt", "stride_on", "stride_oh", "write_lse")},
     "qk_scale_log2": "fp32", "pe_ratio": "fp32", "v_scale": "fp32", "lse_scale": "fp32",
-    "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "merge_counter_ptr": "*i32",
+    "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
     **{f"item_{field}_ptr": "meta" for field in ("req", "q_start", "kv_start", "kv_end", "chunk", "qo_begin",
-                                                 "qo_len", "kv_begin", "kv_len", "part_base", "num_chunks", "counter")},
+                                                 "qo_len", "kv_begin", "kv_len", "part_base")},
     "kv_indices_ptr": "*i32",
-    **{name: "i32" for name in ("num_heads", "head_groups", "group", "page_size", "causal", "group_counter_base")},
+    **{name: "i32" for name in ("num_heads", "head_groups", "group", "page_size", "causal")},
 }
 # Arguments that change per run() (the rest are fixed at plan()); they lead the signature.
 PER_CALL_ARGS = ("q_nope_ptr", "q_pe_ptr", "ckv_ptr", "kpe_ptr", "o_ptr", "lse_ptr", "stride_qn_n", "stride_qn_h",
                  "stride_qp_n", "stride_qp_h", "stride_cp", "stride_ct", "stride_pp", "stride_pt", "stride_on",
                  "stride_oh", "qk_scale_log2", "pe_ratio", "v_scale", "lse_scale", "write_lse")
+MERGE_ARG_TYPES = {
+    "o_ptr": "o", "lse_ptr": "*fp32", "stride_on": "i32", "stride_oh": "i32", "v_scale": "fp32", "lse_scale": "fp32",
+    "write_lse": "i32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
+    **{f"item_{field}_ptr": "meta" for field in ("req", "q_start", "chunk", "qo_begin", "qo_len", "part_base",
+                                                 "num_chunks")},
+    "num_heads": "i32", "tile_q": "i32",
+}
+MERGE_PER_CALL_ARGS = ("o_ptr", "lse_ptr", "stride_on", "stride_oh", "v_scale", "lse_scale", "write_lse")
 
 
 def aot_configs():
-    """Every configuration the MLA launcher can pick: each device table's block shape for every
-    (q, kv) dtype pair it accepts (``flashinfer_triton/attention/mla.py`` builds the list)."""
+    """Every configuration the MLA launchers can pick: each device table's block shape for every
+    (q, kv) dtype pair it accepts, and the merge kernel for every output dtype
+    (``flashinfer_triton/attention/mla.py`` builds the list)."""
     from ..attention.mla import mla_aot_configs
 
     return mla_aot_configs()
 
 
-__all__ = ["mla_kernel", "ARG_TYPES", "PER_CALL_ARGS", "AotConfig", "aot_configs"]
+__all__ = ["mla_kernel", "mla_merge_kernel", "ARG_TYPES", "PER_CALL_ARGS", "MERGE_ARG_TYPES",
+           "MERGE_PER_CALL_ARGS", "AotConfig", "aot_configs"]
