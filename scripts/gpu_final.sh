@@ -18,8 +18,10 @@ for step in "$@"; do
              2>&1 | tee $RES/tune_decode.log | grep -v "^  FAILED" | tail -40 ;;
     tune-mla) timeout ${STEP_TIMEOUT:-300} python3 benchmarks/tune_mla.py --reps 10 --budget-s ${STEP_BUDGET:-200} ${TUNE_ARGS:-} 2>&1 | tee $RES/tune_mla.log | grep -v "^  FAILED" | tail -25 ;;
     warm-fi-bg) (timeout 400 python3 benchmarks/warm_flashinfer.py > $RES/warm_fi.log 2>&1 &) ;;
-    warm-fi-wait) for i in $(seq 1 80); do [ $(grep -c "^warm_flashinfer:" $RES/warm_fi.log 2>/dev/null || echo 0) -ge 5 ] && break; sleep 5; done;
+    warm-fi-wait) for i in $(seq 1 ${WARM_WAIT_STEPS:-80}); do n=$(grep -c "^warm_flashinfer:" $RES/warm_fi.log 2>/dev/null); [ "${n:-0}" -ge 5 ] && break; sleep 5; done;
              cat $RES/warm_fi.log | grep -v Warning | tail -8 ;;
+    pytest) timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short ${TEST_FILES:-tests/test_mla.py} \
+             > $RES/tests_pytest.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $RES/tests_pytest.log | tail -30 ;;
     tests-focus) timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short tests/test_decode.py tests/test_engine_replay.py \
              tests/test_wrapper_state.py tests/test_cascade.py tests/test_serving.py tests/test_bad_inputs.py tests/test_large_tensors.py tests/test_attention_properties.py \
              > $RES/tests_focus.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $RES/tests_focus.log | tail -30 ;;
@@ -33,6 +35,7 @@ for step in "$@"; do
     variants) timeout ${STEP_TIMEOUT:-60} python3 benchmarks/bench_variants.py --budget-s ${STEP_BUDGET:-30} 2>&1 | tee $RES/bench_variants.log | tail -14 ;;
     *) echo "unknown step $step" ;;
   esac
+  tar czf $OUT_FINAL/res.tgz -C $RES . 2>/dev/null  # after every step: a call stopped at its limit keeps the steps done
 done
 cp -r benchmarks/results $RES/results 2>/dev/null
 tar czf $OUT_FINAL/res.tgz -C $RES .
