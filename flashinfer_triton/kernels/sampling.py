@@ -308,6 +308,40 @@ def _search_row(p_xr, m_r, n, m, lo, hi, target, active, COUNT: tl.constexpr, IS
 
 
 @triton.jit
+def _radix_row(p_xr, n, k, lo, active, BLOCK: tl.constexpr):
+    """Per row ([1] tensors: one row a program), the k-th largest element key of the whole row:
+    the largest t with count(key >= t) >= k, what ``_search_row`` finds by bisection (where
+    active; ``lo`` elsewhere). A radix select over the unsigned image of the key (key + 2^31),
+    one byte a pass from the top: each pass streams the row once, histograms that byte of the
+    elements whose higher bytes equal the prefix found so far (256 bins) and keeps the byte whose
+    bin holds the k-th largest of them. Four passes, whatever the values, where the bisection
+    needs about ten of a ``SEARCH_BLOCK`` tile (so eight times the iterations) a pass."""
+    res = lo
+    if tl.reduce(active.to(tl.int32), 0, _MAX) > 0:
+        o_b = tl.arange(0, BLOCK)
+        o_g = tl.arange(0, 256)
+        rem = tl.reduce(k.to(tl.int32), 0, _SUM)  # rank of the target among the prefix's elements
+        prefix = tl.reduce(lo.to(tl.int64) * 0, 0, _SUM)  # the bytes found so far (unsigned image)
+        for i in tl.static_range(4):
+            SHIFT = 24 - 8 * i
+            b_h = tl.zeros([256], tl.int32)
+            for start in range(0, n, BLOCK):
+                o = start + o_b
+                b_mo = (o < n)[None, :]
+                b_x = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0).to(tl.float32)
+                b_u = _key(b_x).to(tl.int64) + 2147483648
+                b_in = b_mo & ((b_u >> (SHIFT + 8)) == (prefix >> (SHIFT + 8)))
+                b_d = ((b_u >> SHIFT) & 255).to(tl.int32)
+                b_h += tl.histogram(tl.reshape(b_d, [BLOCK]), 256, mask=tl.reshape(b_in, [BLOCK]))
+            b_ge = tl.associative_scan(b_h, 0, _SUM, reverse=True)  # count of the bytes >= each byte
+            d = tl.reduce(tl.where(b_ge >= rem, o_g, 0), 0, _MAX)
+            rem -= _at(b_ge, d) - _at(b_h, d)
+            prefix += d.to(tl.int64) << SHIFT
+        res = tl.where(active, lo * 0 + (prefix - 2147483648), lo)
+    return res
+
+
+@triton.jit
 def _mass_row(p_xr, n, thr, m, active, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
     """Weight of the elements with key >= thr, streamed over whole rows."""
     o_b = tl.arange(0, BLOCK)
@@ -813,7 +847,10 @@ def sample_resolve_kernel(
     if OP == _OP_TOPK:
         need = need | (m_r & (k_on == 0))
     if tl.reduce(need.to(tl.int32), 0, _MAX) > 0:
-        s_kf = _search_row(p_xr, m_r, n, mx, kmin, kmax, kf, need & k_on, True, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
+        if ROWS == 1:  # the same threshold in four streamed passes (the bisection takes about ten)
+            s_kf = _radix_row(p_xr, n, k, kmin, need & k_on, BLOCK)
+        else:
+            s_kf = _search_row(p_xr, m_r, n, mx, kmin, kmax, kf, need & k_on, True, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
         s_k = tl.where(need, s_kf, s_k)
         if NEED_W:
             m_kf = _mass_row(p_xr, n, s_k, mx, need & k_first, IS_LOGITS, BLOCK)
