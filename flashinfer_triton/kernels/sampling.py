@@ -598,49 +598,78 @@ def sample_pass_kernel(
     o_b = tl.arange(0, BLOCK)
     start0 = pid_c * chunk
     end = tl.minimum(start0 + chunk, n)
-    for start in tl.range(start0, end, BLOCK, num_stages=STAGES):
-        o = start + o_b
-        b_mo = m_r[:, None] & (o < end)[None, :]
-        b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
-        b_x = b_raw.to(tl.float32)
-        b_k = _key(b_x)
-        b_kmin = tl.minimum(b_kmin, tl.where(b_mo, b_k, _KEY_MAX))
-        b_kmax = tl.maximum(b_kmax, tl.where(b_mo, b_k, _KEY_MIN))
-        b_lo = b_mo & (b_k >= t_lo32[:, None])
-        b_hi = b_mo & (b_k >= t_hi32[:, None])
-        b_clo += b_lo.to(tl.int32)
-        b_chi += b_hi.to(tl.int32)
-        if NEED_W:
-            if IS_LOGITS:  # online softmax per lane
-                b_mn = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
-                b_safe = tl.where(b_mn == float("-inf"), 0.0, b_mn)
-                b_sc = tl.exp(b_m - b_safe)
-                b_e = tl.where(b_mo, tl.exp(b_x - b_safe), 0.0)
-                b_s = b_s * b_sc + b_e
-                b_wlo = b_wlo * b_sc + tl.where(b_lo, b_e, 0.0)
-                b_whi = b_whi * b_sc + tl.where(b_hi, b_e, 0.0)
-                b_m = b_mn
-            else:
-                b_m = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
-                b_e = tl.where(b_mo, tl.maximum(b_x, 0.0), 0.0)
-                b_s += b_e
-                b_wlo += tl.where(b_lo, b_e, 0.0)
-                b_whi += tl.where(b_hi, b_e, 0.0)
-        b_cand = (b_lo & (b_hi == 0)).to(tl.int32)
-        n_cand = tl.reduce(b_cand, 1, _SUM)
-        if tl.reduce(n_cand, 0, _MAX) > 0:
-            b_pos = tl.associative_scan(b_cand, 1, _SUM) - 1 + base[:, None]
-            b_st = (b_cand > 0) & (b_pos < region)
-            p_c = rg[:, None] * region + b_pos
-            tl.store(p_ck + p_c, b_k, mask=b_st)
-            tl.store(p_ci + p_c, o[None, :] + b_pos * 0, mask=b_st)
-            base += n_cand
-        if OP == _OP_MASK:
-            if spec_write:
-                b_y = tl.where(b_k >= t_wr[:, None], b_raw, float("-inf"))
-                tl.store(p_or + o[None, :], b_y.to(p_out.dtype.element_ty), mask=b_mo)
-        if OP == _OP_RENORM:  # zeros where the resolve only fixes up candidates; other rows get rewritten
-            tl.store(p_or + o[None, :], tl.zeros([ROWS, BLOCK], p_out.dtype.element_ty), mask=b_mo & t_fix[:, None])
+    if tl.reduce((k_on | p_on | m_on).to(tl.int32), 0, _MAX) > 0:
+        for start in tl.range(start0, end, BLOCK, num_stages=STAGES):
+            o = start + o_b
+            b_mo = m_r[:, None] & (o < end)[None, :]
+            b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
+            b_x = b_raw.to(tl.float32)
+            b_k = _key(b_x)
+            b_kmin = tl.minimum(b_kmin, tl.where(b_mo, b_k, _KEY_MAX))
+            b_kmax = tl.maximum(b_kmax, tl.where(b_mo, b_k, _KEY_MIN))
+            b_lo = b_mo & (b_k >= t_lo32[:, None])
+            b_hi = b_mo & (b_k >= t_hi32[:, None])
+            b_clo += b_lo.to(tl.int32)
+            b_chi += b_hi.to(tl.int32)
+            if NEED_W:
+                if IS_LOGITS:  # online softmax per lane
+                    b_mn = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
+                    b_safe = tl.where(b_mn == float("-inf"), 0.0, b_mn)
+                    b_sc = tl.exp(b_m - b_safe)
+                    b_e = tl.where(b_mo, tl.exp(b_x - b_safe), 0.0)
+                    b_s = b_s * b_sc + b_e
+                    b_wlo = b_wlo * b_sc + tl.where(b_lo, b_e, 0.0)
+                    b_whi = b_whi * b_sc + tl.where(b_hi, b_e, 0.0)
+                    b_m = b_mn
+                else:
+                    b_m = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
+                    b_e = tl.where(b_mo, tl.maximum(b_x, 0.0), 0.0)
+                    b_s += b_e
+                    b_wlo += tl.where(b_lo, b_e, 0.0)
+                    b_whi += tl.where(b_hi, b_e, 0.0)
+            b_cand = (b_lo & (b_hi == 0)).to(tl.int32)
+            n_cand = tl.reduce(b_cand, 1, _SUM)
+            if tl.reduce(n_cand, 0, _MAX) > 0:
+                b_pos = tl.associative_scan(b_cand, 1, _SUM) - 1 + base[:, None]
+                b_st = (b_cand > 0) & (b_pos < region)
+                p_c = rg[:, None] * region + b_pos
+                tl.store(p_ck + p_c, b_k, mask=b_st)
+                tl.store(p_ci + p_c, o[None, :] + b_pos * 0, mask=b_st)
+                base += n_cand
+            if OP == _OP_MASK:
+                if spec_write:
+                    b_y = tl.where(b_k >= t_wr[:, None], b_raw, float("-inf"))
+                    tl.store(p_or + o[None, :], b_y.to(p_out.dtype.element_ty), mask=b_mo)
+            if OP == _OP_RENORM:  # zeros where the resolve only fixes up candidates; other rows get rewritten
+                tl.store(p_or + o[None, :], tl.zeros([ROWS, BLOCK], p_out.dtype.element_ty), mask=b_mo & t_fix[:, None])
+    else:
+        # No row of this program has a filter (plain samplers, k >= n): t_lo = t_hi = KEY_MAX, so
+        # no element is a candidate and the counts / weights at the bracket go unread. Only the
+        # row statistics stream, without the full loop's per-block test for candidates (a
+        # block-wide reduction and branch every BLOCK elements) and its bracket bookkeeping.
+        for start in tl.range(start0, end, BLOCK, num_stages=STAGES):
+            o = start + o_b
+            b_mo = m_r[:, None] & (o < end)[None, :]
+            b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
+            b_x = b_raw.to(tl.float32)
+            b_k = _key(b_x)
+            b_kmin = tl.minimum(b_kmin, tl.where(b_mo, b_k, _KEY_MAX))
+            b_kmax = tl.maximum(b_kmax, tl.where(b_mo, b_k, _KEY_MIN))
+            if NEED_W:
+                if IS_LOGITS:  # online softmax per lane (the same operations as the full loop)
+                    b_mn = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
+                    b_safe = tl.where(b_mn == float("-inf"), 0.0, b_mn)
+                    b_sc = tl.exp(b_m - b_safe)
+                    b_e = tl.where(b_mo, tl.exp(b_x - b_safe), 0.0)
+                    b_s = b_s * b_sc + b_e
+                    b_m = b_mn
+                else:
+                    b_m = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
+                    b_e = tl.where(b_mo, tl.maximum(b_x, 0.0), 0.0)
+                    b_s += b_e
+            if OP == _OP_MASK:
+                if spec_write:  # t_wr is KEY_MIN: the row is copied
+                    tl.store(p_or + o[None, :], b_raw.to(p_out.dtype.element_ty), mask=b_mo)
     p_i = p_pi + rg * _NUM_IPART
     tl.store(p_i + 0, tl.reduce(b_kmin, 1, _MIN), mask=m_r)
     tl.store(p_i + 1, tl.reduce(b_kmax, 1, _MAX), mask=m_r)
