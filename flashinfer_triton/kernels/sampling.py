@@ -131,6 +131,14 @@ LARGE = SamplingConfig(rows=1, block=2048, search_block=256, cap=4096, sample=40
 # Programs per compute unit that the split aims for (two keeps each SM busy while the other
 # program waits on memory); default, not yet measured.
 PROGRAMS_PER_CU = 2
+# Plain sampling from probabilities takes the one-pass direct kernel (one program a row group,
+# stopping at the sample) from this many row groups per compute unit, instead of the split pass and
+# resolve (which read the whole row, then rescan a chunk). H200, vocab 128256, float32: the split
+# path took 264 us at batch 256 (split 8: 2048 pass programs, then 256 resolve programs), the
+# direct kernel 105 us at batch 512 (split_for's own switch point, 2 groups a compute unit), so at
+# 256 rows, half those programs, it is no slower; below one group per compute unit the direct
+# kernel leaves compute units idle and the split path wins (batch 64: 95 us).
+DIRECT_MIN_GROUPS_PER_CU = 1
 # Plain sampling from logits draws by rescanning the chunk where the running total passes u: at
 # least this many programs a row keep that rescan to 1/8 of a row; default, not yet measured.
 PLAIN_LOGITS_MIN_SPLIT = 8
