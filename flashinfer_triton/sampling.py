@@ -171,7 +171,8 @@ def _launch_sample(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_
     rng = (u, seed_arr, seed_val, off_arr, off_val)
     cfg = config or K.sampling_config(x.shape[1], interpreter=interpreter_active())
     plain = mode_k == 0 and mode_p == 0 and mode_m == 0
-    if plain and not is_logits and _split(batch, x.shape[1], dev, cfg, split)[0] == 1:
+    if plain and not is_logits and (_split(batch, x.shape[1], dev, cfg, split)[0] == 1 or (
+            split is None and _grid_rows(batch, cfg) >= K.DIRECT_MIN_GROUPS_PER_CU * num_compute_units(dev))):
         r = _rng_args(rng, dev)
         K.sample_direct_kernel[(_grid_rows(batch, cfg),)](
             x, indices if indices is not None else _dummy(dev, torch.int32), samples, valid, r["p_u"], r["p_seed"],

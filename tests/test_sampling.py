@@ -205,6 +205,33 @@ def test_resolve_paths(split, poisoned_allocations):
         assert R.inverse_cdf_consistent(dist, u[:, 0], samples).all(), name
 
 
+def test_count_fallback_thresholds(poisoned_allocations):
+    """The count threshold of the fallback (the radix select over the whole row) at thresholds the
+    bisection handled: ties at it, negative values, -0.0 next to +0.0, the row's extremes. The 20
+    largest entries sit in the estimate's sample (as in ``_path_rows``), so every row misses."""
+    v = PATH_VOCAB
+    stride, seg = v // 16, PATH_CFG.sample // 16
+    heavy = torch.tensor([i for i in range(v) if i % stride < seg][:20], device=DEVICE)
+    outside = torch.tensor([i for i in range(v) if i % stride >= seg][:300], device=DEVICE)
+    rows = []
+    for shift in (0.0, -10.0, -4.0):  # the threshold at 4.0, -6.0 (every entry negative) and 0.0
+        row = _randn((v,), seed=20, scale=0.1) - 10.0 + shift
+        row[heavy] = 6.0 + shift
+        row[outside] = 4.0 + shift  # 300 entries tied just below the sample's top-k estimate
+        rows.append(row)
+    rows[2][outside[::2]] = -0.0  # ties between -0.0 and +0.0 at the threshold
+    logits = torch.stack(rows)
+    for k, tie in ((40, False), (40, True), (319, False), (320, True), (321, False)):
+        values, indices, paths = S._launch_top_k(logits, k, tie, config=PATH_CFG, split=3, with_paths=True)
+        assert paths.tolist() == [K.PATH_FALLBACK] * 3, k
+        assert torch.equal(indices, R.top_k_indices(logits, k, tie_large=tie)), f"k={k} tie_large={tie}"
+        assert torch.equal(values, torch.gather(logits, 1, indices))
+        out, paths = S._launch_filter(logits, None, k, None, 1.0, 1, 0, K.OP_MASK, config=PATH_CFG, split=3,
+                                      with_paths=True)
+        assert paths.tolist() == [K.PATH_FALLBACK] * 3, k
+        assert torch.equal(out.double(), R.top_k_mask_logits(logits, k)), f"mask k={k}"
+
+
 # ------------------------------------------------------------------------------------------------
 # samplers: every draw on the inverse CDF of the reference distribution
 # ------------------------------------------------------------------------------------------------

@@ -131,6 +131,14 @@ LARGE = SamplingConfig(rows=1, block=2048, search_block=256, cap=4096, sample=40
 # Programs per compute unit that the split aims for (two keeps each SM busy while the other
 # program waits on memory); default, not yet measured.
 PROGRAMS_PER_CU = 2
+# Plain sampling from probabilities takes the one-pass direct kernel (one program a row group,
+# stopping at the sample) from this many row groups per compute unit, instead of the split pass and
+# resolve (which read the whole row, then rescan a chunk). H200, vocab 128256, float32: the split
+# path took 264 us at batch 256 (split 8: 2048 pass programs, then 256 resolve programs), the
+# direct kernel 105 us at batch 512 (split_for's own switch point, 2 groups a compute unit), so at
+# 256 rows, half those programs, it is no slower; below one group per compute unit the direct
+# kernel leaves compute units idle and the split path wins (batch 64: 95 us).
+DIRECT_MIN_GROUPS_PER_CU = 1
 # Plain sampling from logits draws by rescanning the chunk where the running total passes u: at
 # least this many programs a row keep that rescan to 1/8 of a row; default, not yet measured.
 PLAIN_LOGITS_MIN_SPLIT = 8
@@ -305,6 +313,40 @@ def _search_row(p_xr, m_r, n, m, lo, hi, target, active, COUNT: tl.constexpr, IS
         lo, hi = _narrow(lo, hi, b_piv, b_f, b_above, b_below, target, target * 0.0, act)
         act = act & (lo < hi)
     return lo
+
+
+@triton.jit
+def _radix_row(p_xr, n, k, lo, active, BLOCK: tl.constexpr):
+    """Per row ([1] tensors: one row a program), the k-th largest element key of the whole row:
+    the largest t with count(key >= t) >= k, what ``_search_row`` finds by bisection (where
+    active; ``lo`` elsewhere). A radix select over the unsigned image of the key (key + 2^31),
+    one byte a pass from the top: each pass streams the row once, histograms that byte of the
+    elements whose higher bytes equal the prefix found so far (256 bins) and keeps the byte whose
+    bin holds the k-th largest of them. Four passes, whatever the values, where the bisection
+    needs about ten of a ``SEARCH_BLOCK`` tile (so eight times the iterations) a pass."""
+    res = lo
+    if tl.reduce(active.to(tl.int32), 0, _MAX) > 0:
+        o_b = tl.arange(0, BLOCK)
+        o_g = tl.arange(0, 256)
+        rem = tl.reduce(k.to(tl.int32), 0, _SUM)  # rank of the target among the prefix's elements
+        prefix = tl.reduce(lo.to(tl.int64) * 0, 0, _SUM)  # the bytes found so far (unsigned image)
+        for i in tl.static_range(4):
+            SHIFT = 24 - 8 * i
+            b_h = tl.zeros([256], tl.int32)
+            for start in range(0, n, BLOCK):
+                o = start + o_b
+                b_mo = (o < n)[None, :]
+                b_x = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0).to(tl.float32)
+                b_u = _key(b_x).to(tl.int64) + 2147483648
+                b_in = b_mo & ((b_u >> (SHIFT + 8)) == (prefix >> (SHIFT + 8)))
+                b_d = ((b_u >> SHIFT) & 255).to(tl.int32)
+                b_h += tl.histogram(tl.reshape(b_d, [BLOCK]), 256, mask=tl.reshape(b_in, [BLOCK]))
+            b_ge = tl.associative_scan(b_h, 0, _SUM, reverse=True)  # count of the bytes >= each byte
+            d = tl.reduce(tl.where(b_ge >= rem, o_g, 0), 0, _MAX)
+            rem -= _at(b_ge, d) - _at(b_h, d)
+            prefix += d.to(tl.int64) << SHIFT
+        res = tl.where(active, lo * 0 + (prefix - 2147483648), lo)
+    return res
 
 
 @triton.jit
@@ -564,49 +606,78 @@ def sample_pass_kernel(
     o_b = tl.arange(0, BLOCK)
     start0 = pid_c * chunk
     end = tl.minimum(start0 + chunk, n)
-    for start in tl.range(start0, end, BLOCK, num_stages=STAGES):
-        o = start + o_b
-        b_mo = m_r[:, None] & (o < end)[None, :]
-        b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
-        b_x = b_raw.to(tl.float32)
-        b_k = _key(b_x)
-        b_kmin = tl.minimum(b_kmin, tl.where(b_mo, b_k, _KEY_MAX))
-        b_kmax = tl.maximum(b_kmax, tl.where(b_mo, b_k, _KEY_MIN))
-        b_lo = b_mo & (b_k >= t_lo32[:, None])
-        b_hi = b_mo & (b_k >= t_hi32[:, None])
-        b_clo += b_lo.to(tl.int32)
-        b_chi += b_hi.to(tl.int32)
-        if NEED_W:
-            if IS_LOGITS:  # online softmax per lane
-                b_mn = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
-                b_safe = tl.where(b_mn == float("-inf"), 0.0, b_mn)
-                b_sc = tl.exp(b_m - b_safe)
-                b_e = tl.where(b_mo, tl.exp(b_x - b_safe), 0.0)
-                b_s = b_s * b_sc + b_e
-                b_wlo = b_wlo * b_sc + tl.where(b_lo, b_e, 0.0)
-                b_whi = b_whi * b_sc + tl.where(b_hi, b_e, 0.0)
-                b_m = b_mn
-            else:
-                b_m = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
-                b_e = tl.where(b_mo, tl.maximum(b_x, 0.0), 0.0)
-                b_s += b_e
-                b_wlo += tl.where(b_lo, b_e, 0.0)
-                b_whi += tl.where(b_hi, b_e, 0.0)
-        b_cand = (b_lo & (b_hi == 0)).to(tl.int32)
-        n_cand = tl.reduce(b_cand, 1, _SUM)
-        if tl.reduce(n_cand, 0, _MAX) > 0:
-            b_pos = tl.associative_scan(b_cand, 1, _SUM) - 1 + base[:, None]
-            b_st = (b_cand > 0) & (b_pos < region)
-            p_c = rg[:, None] * region + b_pos
-            tl.store(p_ck + p_c, b_k, mask=b_st)
-            tl.store(p_ci + p_c, o[None, :] + b_pos * 0, mask=b_st)
-            base += n_cand
-        if OP == _OP_MASK:
-            if spec_write:
-                b_y = tl.where(b_k >= t_wr[:, None], b_raw, float("-inf"))
-                tl.store(p_or + o[None, :], b_y.to(p_out.dtype.element_ty), mask=b_mo)
-        if OP == _OP_RENORM:  # zeros where the resolve only fixes up candidates; other rows get rewritten
-            tl.store(p_or + o[None, :], tl.zeros([ROWS, BLOCK], p_out.dtype.element_ty), mask=b_mo & t_fix[:, None])
+    if tl.reduce((k_on | p_on | m_on).to(tl.int32), 0, _MAX) > 0:
+        for start in tl.range(start0, end, BLOCK, num_stages=STAGES):
+            o = start + o_b
+            b_mo = m_r[:, None] & (o < end)[None, :]
+            b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
+            b_x = b_raw.to(tl.float32)
+            b_k = _key(b_x)
+            b_kmin = tl.minimum(b_kmin, tl.where(b_mo, b_k, _KEY_MAX))
+            b_kmax = tl.maximum(b_kmax, tl.where(b_mo, b_k, _KEY_MIN))
+            b_lo = b_mo & (b_k >= t_lo32[:, None])
+            b_hi = b_mo & (b_k >= t_hi32[:, None])
+            b_clo += b_lo.to(tl.int32)
+            b_chi += b_hi.to(tl.int32)
+            if NEED_W:
+                if IS_LOGITS:  # online softmax per lane
+                    b_mn = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
+                    b_safe = tl.where(b_mn == float("-inf"), 0.0, b_mn)
+                    b_sc = tl.exp(b_m - b_safe)
+                    b_e = tl.where(b_mo, tl.exp(b_x - b_safe), 0.0)
+                    b_s = b_s * b_sc + b_e
+                    b_wlo = b_wlo * b_sc + tl.where(b_lo, b_e, 0.0)
+                    b_whi = b_whi * b_sc + tl.where(b_hi, b_e, 0.0)
+                    b_m = b_mn
+                else:
+                    b_m = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
+                    b_e = tl.where(b_mo, tl.maximum(b_x, 0.0), 0.0)
+                    b_s += b_e
+                    b_wlo += tl.where(b_lo, b_e, 0.0)
+                    b_whi += tl.where(b_hi, b_e, 0.0)
+            b_cand = (b_lo & (b_hi == 0)).to(tl.int32)
+            n_cand = tl.reduce(b_cand, 1, _SUM)
+            if tl.reduce(n_cand, 0, _MAX) > 0:
+                b_pos = tl.associative_scan(b_cand, 1, _SUM) - 1 + base[:, None]
+                b_st = (b_cand > 0) & (b_pos < region)
+                p_c = rg[:, None] * region + b_pos
+                tl.store(p_ck + p_c, b_k, mask=b_st)
+                tl.store(p_ci + p_c, o[None, :] + b_pos * 0, mask=b_st)
+                base += n_cand
+            if OP == _OP_MASK:
+                if spec_write:
+                    b_y = tl.where(b_k >= t_wr[:, None], b_raw, float("-inf"))
+                    tl.store(p_or + o[None, :], b_y.to(p_out.dtype.element_ty), mask=b_mo)
+            if OP == _OP_RENORM:  # zeros where the resolve only fixes up candidates; other rows get rewritten
+                tl.store(p_or + o[None, :], tl.zeros([ROWS, BLOCK], p_out.dtype.element_ty), mask=b_mo & t_fix[:, None])
+    else:
+        # No row of this program has a filter (plain samplers, k >= n): t_lo = t_hi = KEY_MAX, so
+        # no element is a candidate and the counts / weights at the bracket go unread. Only the
+        # row statistics stream, without the full loop's per-block test for candidates (a
+        # block-wide reduction and branch every BLOCK elements) and its bracket bookkeeping.
+        for start in tl.range(start0, end, BLOCK, num_stages=STAGES):
+            o = start + o_b
+            b_mo = m_r[:, None] & (o < end)[None, :]
+            b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
+            b_x = b_raw.to(tl.float32)
+            b_k = _key(b_x)
+            b_kmin = tl.minimum(b_kmin, tl.where(b_mo, b_k, _KEY_MAX))
+            b_kmax = tl.maximum(b_kmax, tl.where(b_mo, b_k, _KEY_MIN))
+            if NEED_W:
+                if IS_LOGITS:  # online softmax per lane (the same operations as the full loop)
+                    b_mn = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
+                    b_safe = tl.where(b_mn == float("-inf"), 0.0, b_mn)
+                    b_sc = tl.exp(b_m - b_safe)
+                    b_e = tl.where(b_mo, tl.exp(b_x - b_safe), 0.0)
+                    b_s = b_s * b_sc + b_e
+                    b_m = b_mn
+                else:
+                    b_m = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
+                    b_e = tl.where(b_mo, tl.maximum(b_x, 0.0), 0.0)
+                    b_s += b_e
+            if OP == _OP_MASK:
+                if spec_write:  # t_wr is KEY_MIN: the row is copied
+                    tl.store(p_or + o[None, :], b_raw.to(p_out.dtype.element_ty), mask=b_mo)
     p_i = p_pi + rg * _NUM_IPART
     tl.store(p_i + 0, tl.reduce(b_kmin, 1, _MIN), mask=m_r)
     tl.store(p_i + 1, tl.reduce(b_kmax, 1, _MAX), mask=m_r)
@@ -813,7 +884,10 @@ def sample_resolve_kernel(
     if OP == _OP_TOPK:
         need = need | (m_r & (k_on == 0))
     if tl.reduce(need.to(tl.int32), 0, _MAX) > 0:
-        s_kf = _search_row(p_xr, m_r, n, mx, kmin, kmax, kf, need & k_on, True, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
+        if ROWS == 1:  # the same threshold in four streamed passes (the bisection takes about ten)
+            s_kf = _radix_row(p_xr, n, k, kmin, need & k_on, BLOCK)
+        else:
+            s_kf = _search_row(p_xr, m_r, n, mx, kmin, kmax, kf, need & k_on, True, IS_LOGITS, SEARCH_BLOCK, PIVOTS)
         s_k = tl.where(need, s_kf, s_k)
         if NEED_W:
             m_kf = _mass_row(p_xr, n, s_k, mx, need & k_first, IS_LOGITS, BLOCK)
