@@ -239,15 +239,16 @@ class MLATable:
 
 
 # A tile is 64 query rows (heads, then tokens) x 512 output columns of float32: 8 warps hold it in
-# registers. Hopper: benchmarks/results/tune/mla-h200.json (H200, Triton 3.6, 2026-12-01): BLOCK_N 64
-# with 2 stages led the shape stage (geometric mean over 7 DeepSeek shapes 588 us; 64x32 / 2 stages,
-# the previous default, 680 us; 4 warps 1537 us), chunks of at least 512 keys led the split stage
-# (583 us; one wave of programs: 2 programs per SM lost the long rows).
+# registers. Hopper: benchmarks/results/tune/mla-h200.json (H200, Triton 3.6, 2026-12-01). First and
+# second runs (in-kernel merge): BLOCK_N 64 with 2 stages led the shape stage (geometric mean over 7
+# DeepSeek shapes 588 us; the previous 64 x 32 / 2 stages 680; pipeliner depths 5 and 7 706-711;
+# 16 warps 1138; 4 warps 1537). Third run, with the merge kernel: chunks of at least 128 keys led the
+# split stage (342 us; 512 keys 370, 2048 keys 527; 2 programs per SM 381: they do not fit one SM).
 _MLA_HOPPER = MLATable(
     source="benchmarks/results/tune/mla-h200.json (H200, Triton 3.6, 2026-12-01)",
     shape=BlockShape(64, 64, 8, 2),
     fp32_shape=BlockShape(16, 16, 4, 1),
-    split=SplitPolicy(programs_per_cu=1, fill_programs_per_cu=1, min_chunk_tokens=512, skew_factor=4),
+    split=SplitPolicy(programs_per_cu=1, fill_programs_per_cu=1, min_chunk_tokens=128, skew_factor=4),
 )
 # MI300X: 64 KB of LDS; the 64 x 32 / 2-stage tile fits it (AOT tier), the Hopper-tuned 64 x 64 may not.
 # Not measured on an MI300X.
