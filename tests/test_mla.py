@@ -94,8 +94,8 @@ def test_mla_matches_reference(dtype, page_size, heads, qo_lens, kv_lens, causal
 # merged), a few chunks and more chunks than the merge kernel loads at once (the split rounded up to
 # BLOCK_N, 64 on the CPU's table).
 SPLITS = [
-    pytest.param(16, ([100, 600, 1], [1600, 13200, 40]), [1, 1, 1], False, id="one-and-two-level-decode"),
-    pytest.param(16, ([600, 100, 9], [12000, 2800, 360]), [3, 1, 5], True, id="two-level-causal-multi-token"),
+    pytest.param(16, ([100, 600, 1], [1600, 13200, 40]), [1, 1, 1], False, id="decode-unsplit-and-many-chunks"),
+    pytest.param(16, ([600, 100, 9], [12000, 2800, 360]), [3, 1, 5], True, id="causal-multi-token-chunks"),
 ]
 
 
