@@ -90,6 +90,12 @@ def main():
     for name, kind, d, qo_lens, kv_lens in configs():
         flops = causal_flops(qo_lens, kv_lens, d)
         res = {}
+
+        def record(system, us, name=name, kind=kind, d=d, qo_lens=qo_lens, kv_lens=kv_lens, flops=flops, res=res):
+            """Keep a measurement at once: a run stopped later (SIGTERM) still writes it."""
+            res[system] = us
+            rows.append(dict(system=system, batch=len(qo_lens), seq_len=max(kv_lens), qo_len=max(qo_lens), kind=kind,
+                             name=name, head_dim=d, us=us, tflops=flops / (us * 1e-6) / 1e12))
         if kind == "ragged":
             q, k, v, qo_indptr, kv_indptr = make_ragged(qo_lens, kv_lens, d)
             ours = flashinfer_triton.BatchPrefillWithRaggedKVCacheWrapper(ws)
@@ -104,7 +110,23 @@ def main():
             run_ours = lambda: ours.run(q, cache, out=out)  # noqa: E731
         run_ours()
         ref = out.clone()
-        res["flashinfer_triton"] = time_graph(run_ours, reps=args.reps)
+        record("flashinfer_triton", time_graph(run_ours, reps=args.reps))
+
+        if kind == "ragged" and len(set(qo_lens)) == 1 and qo_lens == kv_lens:
+            # SDPA's is_causal aligns top-left, which equals bottom-right only for qo_len == kv_len.
+            try:
+                b, n = len(qo_lens), qo_lens[0]
+                qs = q.view(b, n, HQ, d).transpose(1, 2)
+                ks_ = k.view(b, n, HKV, d).transpose(1, 2)
+                vs_ = v.view(b, n, HKV, d).transpose(1, 2)
+                sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
+                    qs, ks_, vs_, is_causal=True, enable_gqa=True)
+                err = (sdpa().transpose(1, 2).reshape(-1, HQ, d).float() - ref.float()).abs().max().item()
+                if err > 5e-2:
+                    print(f"  WARNING {name}: sdpa and flashinfer_triton differ by {err:.3g}")
+                record("sdpa", time_graph(sdpa, reps=args.reps))
+            except Exception as exc:  # noqa: BLE001
+                print(f"  sdpa failed on {name}: {type(exc).__name__}: {exc}")
 
         if fi is not None:
             for backend in ("fa2", "fa3"):
@@ -130,29 +152,10 @@ def main():
                     err = (o_fi.float() - ref.float()).abs().max().item()
                     if err > 5e-2:
                         print(f"  WARNING {name}: {label} and flashinfer_triton differ by {err:.3g}")
-                    res[label] = time_graph(fn, reps=args.reps)
+                    record(label, time_graph(fn, reps=args.reps))
                 except Exception as exc:  # noqa: BLE001
                     print(f"  {label} failed on {name}: {type(exc).__name__}: {exc}")
 
-        if kind == "ragged" and len(set(qo_lens)) == 1 and qo_lens == kv_lens:
-            # SDPA's is_causal aligns top-left, which equals bottom-right only for qo_len == kv_len.
-            try:
-                b, n = len(qo_lens), qo_lens[0]
-                qs = q.view(b, n, HQ, d).transpose(1, 2)
-                ks_ = k.view(b, n, HKV, d).transpose(1, 2)
-                vs_ = v.view(b, n, HKV, d).transpose(1, 2)
-                sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
-                    qs, ks_, vs_, is_causal=True, enable_gqa=True)
-                err = (sdpa().transpose(1, 2).reshape(-1, HQ, d).float() - ref.float()).abs().max().item()
-                if err > 5e-2:
-                    print(f"  WARNING {name}: sdpa and flashinfer_triton differ by {err:.3g}")
-                res["sdpa"] = time_graph(sdpa, reps=args.reps)
-            except Exception as exc:  # noqa: BLE001
-                print(f"  sdpa failed on {name}: {type(exc).__name__}: {exc}")
-
-        for system, us in res.items():
-            rows.append(dict(system=system, batch=len(qo_lens), seq_len=max(kv_lens), qo_len=max(qo_lens), kind=kind,
-                             name=name, head_dim=d, us=us, tflops=flops / (us * 1e-6) / 1e12))
         tf = {s: flops / (us * 1e-6) / 1e12 for s, us in res.items()}
         ours_us = res["flashinfer_triton"]
         r2 = res["flashinfer_fa2"] / ours_us if "flashinfer_fa2" in res else float("nan")

@@ -8,11 +8,11 @@ RES=/tmp/res; mkdir -p $RES; export OUT_FINAL=$OUT; export OUT=$RES
 for step in "$@"; do
   echo "=== $step [$(date +%T)]"
   case $step in
-    tests-again) timeout 200 python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short tests --ignore=tests/test_aot_compile.py \
+    tests-again) timeout 200 python3 -m pytest -q -rs -n 8 -p no:cacheprovider --tb=short tests --ignore=tests/test_aot_compile.py \
              --deselect tests/test_mla.py::test_torch_compile_fullgraph > $RES/tests_again.log 2>&1;
-             grep -E "^(FAILED|ERROR)|passed|failed" $RES/tests_again.log | tail -30 ;;
-    tests) timeout 290 python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short tests --ignore=tests/test_aot_compile.py \
-             > $RES/tests_all.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $RES/tests_all.log | tail -30 ;;
+             grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" $RES/tests_again.log | tail -30 ;;
+    tests) timeout 290 python3 -m pytest -q -rs -n 8 -p no:cacheprovider --tb=short tests --ignore=tests/test_aot_compile.py \
+             > $RES/tests_all.log 2>&1; grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" $RES/tests_all.log | tail -30 ;;
     bench-decode) timeout 190 python3 benchmarks/bench_decode.py --plot --reps 25 2>&1 | tee $RES/bench_decode.log | tail -25 ;;
     tune-decode) timeout 420 python3 benchmarks/tune_decode.py --reps 15 --budget-s 250 ${TUNE_ARGS:---shapes 1x16 1x512 1x2048 1x8192 16x512 256x512 64x8192 1x131072 skew64 --block-n 32 64 128 --warps 4 --stages 2 5 7 --ppc 2 4 8 --fill 2 --min-chunk 128 256 1024} \
              2>&1 | tee $RES/tune_decode.log | grep -v "^  FAILED" | tail -40 ;;
@@ -20,11 +20,11 @@ for step in "$@"; do
     warm-fi-bg) (timeout 400 python3 benchmarks/warm_flashinfer.py > $RES/warm_fi.log 2>&1 &) ;;
     warm-fi-wait) for i in $(seq 1 ${WARM_WAIT_STEPS:-80}); do n=$(grep -c "^warm_flashinfer:" $RES/warm_fi.log 2>/dev/null); [ "${n:-0}" -ge 5 ] && break; sleep 5; done;
              cat $RES/warm_fi.log | grep -v Warning | tail -8 ;;
-    pytest) timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short ${TEST_FILES:-tests/test_mla.py} \
-             > $RES/tests_pytest.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $RES/tests_pytest.log | tail -30 ;;
-    tests-focus) timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -n 8 -p no:cacheprovider --tb=short tests/test_decode.py tests/test_engine_replay.py \
+    pytest) timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -rs -n 8 -p no:cacheprovider --tb=short ${TEST_FILES:-tests/test_mla.py} \
+             > $RES/tests_pytest.log 2>&1; grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" $RES/tests_pytest.log | tail -30 ;;
+    tests-focus) timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -rs -n 8 -p no:cacheprovider --tb=short tests/test_decode.py tests/test_engine_replay.py \
              tests/test_wrapper_state.py tests/test_cascade.py tests/test_serving.py tests/test_bad_inputs.py tests/test_large_tensors.py tests/test_attention_properties.py \
-             > $RES/tests_focus.log 2>&1; grep -E "^(FAILED|ERROR)|passed|failed" $RES/tests_focus.log | tail -30 ;;
+             > $RES/tests_focus.log 2>&1; grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" $RES/tests_focus.log | tail -30 ;;
     serve-long) timeout ${SERVE_TIMEOUT:-300} python3 examples/serve.py --quick 2>&1 | tee $RES/serve.log | tail -30 ;;
     serve) timeout 190 python3 examples/serve.py --quick 2>&1 | tee $RES/serve.log | tail -25 ;;
     prefill) timeout 100 python3 benchmarks/bench_prefill.py --reps 15 --budget-s 45 2>&1 | tee $RES/bench_prefill.log | tail -14 ;;
