@@ -125,6 +125,35 @@ def test_split_kv_merge(dtype, split, kv_lens, qo_lens, causal):
         _check(out, lse, q_nope, q_pe, ckvs, kpes, qo_lens, causal, 0.1, dtype)
 
 
+@pytest.mark.parametrize("dtype", LOW_DTYPES, ids=str)
+def test_graph_sized_wrapper_replans(dtype):
+    """A CUDA-graph sized wrapper (fixed grid, partial rows and split-tile list) re-planned with
+    split and unsplit batches matches the reference: the merge kernel's padding entries exit, the
+    split tiles of each plan are merged (the launches run eagerly here; the GPU tier replays a graph)."""
+    gen = _gen()
+    batch, heads, page_size = 3, gpu_or_cpu(5, 128), 16
+    total_pages = gpu_or_cpu(64, 2048)
+    bufs = dict(qo_indptr=torch.zeros(batch + 1, dtype=torch.int32, device=DEVICE),
+                kv_indptr=torch.zeros(batch + 1, dtype=torch.int32, device=DEVICE),
+                kv_indices=torch.zeros(total_pages, dtype=torch.int32, device=DEVICE),
+                kv_len_arr=torch.zeros(batch, dtype=torch.int32, device=DEVICE))
+    w = flashinfer.BatchMLAPagedAttentionWrapper(_workspace(), use_cuda_graph=True, **bufs)
+    q_nope, q_pe = _queries(gen, batch, heads, dtype)
+    qo = _i32(list(range(batch + 1)))
+    tiles = []
+    for lens in (gpu_or_cpu([700, 3, 40], [30000, 3, 50]), [5, 9, 2], gpu_or_cpu([300, 310, 290], [9000] * 3)):
+        ckv, kpe, kv_indptr, kv_indices, kv_len_arr, ckvs, kpes = build_mla_cache(lens, page_size, dtype, DEVICE, gen)
+        w.plan(qo, kv_indptr, kv_indices, kv_len_arr, heads, D_CKV, D_KPE, page_size, True, DEEPSEEK_SM_SCALE,
+               dtype, dtype)
+        merge_items = w.launcher.plan.host[-w.launcher.merge_grid[0]:]
+        tiles.append(int((merge_items >= 0).sum()))
+        out, lse = poisoned((batch, heads, D_CKV), dtype), poisoned((batch, heads), torch.float32)
+        w.run(q_nope, q_pe, ckv, kpe, out=out, lse=lse)
+        _check(out, lse, q_nope, q_pe, ckvs, kpes, [1] * batch, True, DEEPSEEK_SM_SCALE, dtype)
+    assert tiles[0] > 0 and tiles[1] == 0, f"want a split plan and an unsplit one, got split tiles {tiles}"
+    assert w.launcher.merge_grid[0] > max(tiles), "the graph-sized split-tile list has padding entries"
+
+
 def test_buffers_lse_base_e_and_fused_views():
     """out=/lse= buffers (NaN-poisoned) are written in place; lse= without return_lse is written and
     not returned; return_lse_base_on_e gives the natural-log LSE; q and the cache as strided views of

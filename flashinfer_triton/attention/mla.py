@@ -17,7 +17,7 @@ per item, 4 tokens).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -108,7 +108,8 @@ def mla_graph_bounds(opts: MLAOptions, cfg: KernelConfig, device: torch.device, 
     _, head_groups, tile_q = head_tiling(opts.num_heads, cfg.block_m)
     max_tiles = -(-max_rows // tile_q) + batch
     items = max_grid(batch, max_tiles, head_groups, info.compute_units, mla_table_for(info).split, opts.causal)
-    return GraphBounds(items, items * min(tile_q, max(max_rows, 1)), 0)  # no merge counters: a merge kernel
+    # ``counters``: here the length of the split-tile list the merge kernel's grid is sized for.
+    return GraphBounds(items, items * min(tile_q, max(max_rows, 1)), max_tiles)
 
 
 def mla_constexprs(cfg: KernelConfig) -> Dict[str, object]:
@@ -123,13 +124,13 @@ MERGE_CONSTEXPRS = dict(HEAD_DIM_CKV=HEAD_DIM_CKV, BLOCK_H=MERGE_BLOCK_H, BLOCK_
 
 class MLALauncher:
     """The launches of one MLA plan: the plan-time argument groups, the grids and the constexprs are
-    fixed here; run() adds the tensors, strides and scales (``MLA.per_call_args``). ``merge_grid`` is
-    empty when no request is split (and never empty for a CUDA-graph wrapper, whose later plans may
-    split)."""
+    fixed here; run() adds the tensors, strides and scales (``MLA.per_call_args``). ``merge_tiles``
+    is the length of the plan's split-tile list (``meta["merge_item"]``): 0 when no request is
+    split; a CUDA-graph wrapper's fixed bound otherwise."""
 
     def __init__(self, opts: MLAOptions, cfg: KernelConfig, plan: WorkPlan, meta: Dict[str, torch.Tensor],
                  kv_indices: torch.Tensor, part_o: torch.Tensor, part_lse: torch.Tensor, page_size: int,
-                 merge: bool):
+                 merge_tiles: int):
         group, head_groups, tile_q = head_tiling(opts.num_heads, cfg.block_m)
         values = dict(part_o_ptr=part_o, part_lse_ptr=part_lse, kv_indices_ptr=kv_indices,
                       num_heads=opts.num_heads, head_groups=head_groups, group=group, page_size=page_size,
@@ -139,8 +140,7 @@ class MLALauncher:
         self.plan_args = tuple(values[name] for name in MLA.plan_args)
         self.merge_plan_args = tuple(values[name] for name in MLA_MERGE.plan_args)
         self.grid = (plan.grid_items * head_groups, 1, 1)
-        self.merge_grid = (plan.grid_items, -(-opts.num_heads // MERGE_BLOCK_H), 1) if merge and plan.grid_items \
-            else (0, 1, 1)
+        self.merge_grid = (merge_tiles, -(-opts.num_heads // MERGE_BLOCK_H), 1)
         self.constexprs = mla_constexprs(cfg)
         self.launch_id = register_launch(cfg)
         self.f32_dummy = dummy(part_o.device, torch.float32)
@@ -214,9 +214,24 @@ def plan_mla(opts: MLAOptions, workspace: Workspace, meta: DeviceMetadata, qo_in
         if bounds is None:
             rows = 0
     part_o, part_lse = workspace.partials(rows, opts.num_heads, opts.head_dim_ckv)
+    plan = with_merge_items(plan, None if bounds is None else bounds.counters)
     views = meta.upload(plan, non_blocking=non_blocking)
     return MLALauncher(opts, cfg, plan, views, kv_indices, part_o, part_lse, page_size,
-                       merge=bounds is not None or plan.num_partial_rows > 0)
+                       plan.offsets["merge_item"][1])
+
+
+def with_merge_items(plan: WorkPlan, length: Optional[int] = None) -> WorkPlan:
+    """The plan with one more packed field, ``merge_item``: the first chunk's item of every split
+    tile (what ``mla_merge_kernel`` runs over), padded with -1 to ``length`` (a CUDA-graph bound)."""
+    field = lambda name: plan.host[plan.offsets[name][0]: plan.offsets[name][0] + plan.num_items]  # noqa: E731
+    first = np.flatnonzero((field("item_req") >= 0) & (field("item_part_base") >= 0) & (field("item_chunk") == 0))
+    length = len(first) if length is None else length
+    if len(first) > length:
+        raise ValueError(f"plan: {len(first)} split tiles, more than the CUDA-graph bound of {length}")
+    items = np.full(length, -1, dtype=np.int32)
+    items[: len(first)] = first
+    offsets = dict(plan.offsets, merge_item=(plan.host.shape[0], length))
+    return replace(plan, host=np.concatenate([plan.host, items]), offsets=offsets)
 
 
 # ---- torch.library op (torch.compile): the MLA counterpart of ``ops.attention_op`` ----

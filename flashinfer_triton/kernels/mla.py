@@ -11,7 +11,7 @@ one item run side by side and share its KV through L2.
 
 Split-KV: a split request's chunks write float32 partials (a whole ``[rows, 512]`` tile each: with
 128 heads, 256 KB per query and chunk) and ``mla_merge_kernel``, launched right after, merges them,
-one program per (split tile, block of heads), every chunk of a row read ``BLOCK_C`` at a time. (The
+one program per (split tile, block of heads) over the plan's list of split tiles, every chunk of a row read ``BLOCK_C`` at a time. (The
 attention kernel's in-kernel merge, by the last chunk to finish, made one program read every chunk's
 whole tile: about 15 us per chunk on the H200, benchmarks/results/tune/mla-h200.json.) Causal masking is a run-time flag
 (bottom-right aligned, as FlashInfer: query ``i`` sees key ``j <= i + kv_len - qo_len``).
@@ -158,21 +158,20 @@ def mla_kernel(
 def mla_merge_kernel(
     # per run(): outputs, their strides, scales, LSE switch
     o_ptr, lse_ptr, stride_on, stride_oh, v_scale, lse_scale, write_lse,
-    # fixed at plan(): the partials and the work list
-    part_o_ptr, part_lse_ptr, item_req_ptr, item_q_start_ptr, item_chunk_ptr, item_qo_begin_ptr, item_qo_len_ptr,
+    # fixed at plan(): the partials, the split tiles' items, the work list
+    part_o_ptr, part_lse_ptr, merge_item_ptr, item_q_start_ptr, item_qo_begin_ptr, item_qo_len_ptr,
     item_part_base_ptr, item_num_chunks_ptr, num_heads, tile_q,
     HEAD_DIM_CKV: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Grid ``(items, cdiv(num_heads, BLOCK_H))``. The first chunk's item of every split tile merges,
-    for its ``tile_q`` queries and ``BLOCK_H`` heads, the partials ``mla_kernel`` wrote (layout and
-    LSE base as there) into o [N_q, H, HEAD_DIM_CKV] (times ``v_scale``) and lse [N_q, H] (times
-    ``lse_scale``, when ``write_lse``); every other item returns at once."""
-    item = tl.program_id(0)
-    req = tl.load(item_req_ptr + item)
-    part_base = tl.load(item_part_base_ptr + item)
-    chunk = tl.load(item_chunk_ptr + item)
-    if (req < 0) | (part_base < 0) | (chunk != 0):
+    """Grid ``(len(merge_item), cdiv(num_heads, BLOCK_H))``. ``merge_item`` [tiles] int32 holds the
+    first chunk's item of every split tile (-1 pads a CUDA-graph sized list); its program merges, for
+    the tile's ``tile_q`` queries and ``BLOCK_H`` heads, the partials ``mla_kernel`` wrote (layout
+    and LSE base as there) into o [N_q, H, HEAD_DIM_CKV] (times ``v_scale``) and lse [N_q, H]
+    (times ``lse_scale``, when ``write_lse``)."""
+    item = tl.load(merge_item_ptr + tl.program_id(0))
+    if item < 0:
         return
+    part_base = tl.load(item_part_base_ptr + item)
     q_start = tl.load(item_q_start_ptr + item)
     qo_begin = tl.load(item_qo_begin_ptr + item)
     qo_len = tl.load(item_qo_len_ptr + item)
@@ -209,9 +208,8 @@ PER_CALL_ARGS = ("q_nope_ptr", "q_pe_ptr", "ckv_ptr", "kpe_ptr", "o_ptr", "lse_p
                  "stride_oh", "qk_scale_log2", "pe_ratio", "v_scale", "lse_scale", "write_lse")
 MERGE_ARG_TYPES = {
     "o_ptr": "o", "lse_ptr": "*fp32", "stride_on": "i32", "stride_oh": "i32", "v_scale": "fp32", "lse_scale": "fp32",
-    "write_lse": "i32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
-    **{f"item_{field}_ptr": "meta" for field in ("req", "q_start", "chunk", "qo_begin", "qo_len", "part_base",
-                                                 "num_chunks")},
+    "write_lse": "i32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "merge_item_ptr": "*i32",
+    **{f"item_{field}_ptr": "meta" for field in ("q_start", "qo_begin", "qo_len", "part_base", "num_chunks")},
     "num_heads": "i32", "tile_q": "i32",
 }
 MERGE_PER_CALL_ARGS = ("o_ptr", "lse_ptr", "stride_on", "stride_oh", "v_scale", "lse_scale", "write_lse")
