@@ -396,6 +396,32 @@ def test_cuda_graph_replay_across_replans(q_len):
         torch.testing.assert_close(lse, expect_lse, atol=1e-2, rtol=1e-3)
 
 
+def test_torch_compile_split_merge_op():
+    """torch.compile(fullgraph) through the registered op (``flashinfer_triton::mla``) on a plan that
+    splits: the op launches the main and the merge kernel, and equals the eager run (CPU: aot_eager;
+    the GPU tier's test below uses Inductor at DeepSeek sizes)."""
+    dtype, heads, page_size = LOW_DTYPES[0], gpu_or_cpu(5, 16), 16
+    gen = _gen()
+    ckv, kpe, kv_indptr, kv_indices, kv_len_arr, ckvs, kpes = build_mla_cache(gpu_or_cpu([300, 17, 700],
+                                                                                         [3000, 17, 9000]),
+                                                                               page_size, dtype, DEVICE, gen)
+    w = flashinfer.BatchMLAPagedAttentionWrapper(_workspace())
+    w.plan(_i32([0, 2, 4, 6]), kv_indptr, kv_indices, kv_len_arr, heads, D_CKV, D_KPE, page_size, True,
+           DEEPSEEK_SM_SCALE, dtype, dtype)
+    assert w.launcher.merge_grid[0] > 0, "want a split plan"
+    q_nope, q_pe = _queries(gen, 6, heads, dtype)
+
+    @torch.compile(fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
+    def step(q_nope, q_pe, ckv, kpe):
+        return w.run(q_nope, q_pe, ckv, kpe, return_lse=True)
+
+    out, lse = step(q_nope, q_pe, ckv, kpe)
+    eager, eager_lse = w.run(q_nope, q_pe, ckv, kpe, return_lse=True)
+    torch.testing.assert_close(out, eager, atol=0, rtol=0)
+    torch.testing.assert_close(lse, eager_lse, atol=0, rtol=0)
+    _check(out, lse, q_nope, q_pe, ckvs, kpes, [2, 2, 2], True, DEEPSEEK_SM_SCALE, dtype)
+
+
 @requires_gpu
 def test_torch_compile_fullgraph():
     dtype, heads, page_size = torch.bfloat16, 128, 64
