@@ -557,6 +557,34 @@ def _op_filters(OP: tl.constexpr, IS_LOGITS: tl.constexpr, k_on, p_on, m_on):
 # ---------------------------------------------------------------------------------------------
 
 
+@triton.jit
+def _stats_step(p_xr, o, b_mo, b_kmin, b_kmax, b_m, b_s, NEED_W: tl.constexpr, IS_LOGITS: tl.constexpr):
+    """One block of the pass's row statistics, per lane: load ``BLOCK`` elements of each row, their
+    keys' min / max and, with ``NEED_W``, the running max ``b_m`` and weight sum ``b_s`` (online
+    softmax for logits, clamped probabilities otherwise). Returns (raw values, keys, kmin, kmax, m,
+    s, the block's rescale factor of earlier sums, its weights) for the caller's bracket sums."""
+    b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
+    b_x = b_raw.to(tl.float32)
+    b_k = _key(b_x)
+    b_kmin = tl.minimum(b_kmin, tl.where(b_mo, b_k, _KEY_MAX))
+    b_kmax = tl.maximum(b_kmax, tl.where(b_mo, b_k, _KEY_MIN))
+    b_sc = tl.full(b_x.shape, 1.0, tl.float32)
+    b_e = tl.zeros(b_x.shape, tl.float32)
+    if NEED_W:
+        if IS_LOGITS:
+            b_mn = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
+            b_safe = tl.where(b_mn == float("-inf"), 0.0, b_mn)
+            b_sc = tl.exp(b_m - b_safe)
+            b_e = tl.where(b_mo, tl.exp(b_x - b_safe), 0.0)
+            b_s = b_s * b_sc + b_e
+            b_m = b_mn
+        else:
+            b_m = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
+            b_e = tl.where(b_mo, tl.maximum(b_x, 0.0), 0.0)
+            b_s += b_e
+    return b_raw, b_k, b_kmin, b_kmax, b_m, b_s, b_sc, b_e
+
+
 @triton.jit(do_not_specialize=["n", "batch", "chunk", "region", "has_idx", "top_k_val", "top_p_val", "min_p_val",
                                "mode_k", "mode_p", "mode_m", "joint", "spec_write", "bracket"])
 def sample_pass_kernel(
@@ -610,29 +638,17 @@ def sample_pass_kernel(
         for start in tl.range(start0, end, BLOCK, num_stages=STAGES):
             o = start + o_b
             b_mo = m_r[:, None] & (o < end)[None, :]
-            b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
-            b_x = b_raw.to(tl.float32)
-            b_k = _key(b_x)
-            b_kmin = tl.minimum(b_kmin, tl.where(b_mo, b_k, _KEY_MAX))
-            b_kmax = tl.maximum(b_kmax, tl.where(b_mo, b_k, _KEY_MIN))
+            b_raw, b_k, b_kmin, b_kmax, b_m, b_s, b_sc, b_e = _stats_step(p_xr, o, b_mo, b_kmin, b_kmax, b_m, b_s,
+                                                                         NEED_W, IS_LOGITS)
             b_lo = b_mo & (b_k >= t_lo32[:, None])
             b_hi = b_mo & (b_k >= t_hi32[:, None])
             b_clo += b_lo.to(tl.int32)
             b_chi += b_hi.to(tl.int32)
-            if NEED_W:
-                if IS_LOGITS:  # online softmax per lane
-                    b_mn = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
-                    b_safe = tl.where(b_mn == float("-inf"), 0.0, b_mn)
-                    b_sc = tl.exp(b_m - b_safe)
-                    b_e = tl.where(b_mo, tl.exp(b_x - b_safe), 0.0)
-                    b_s = b_s * b_sc + b_e
+            if NEED_W:  # the weights at the bracket, rescaled as the running sum is
+                if IS_LOGITS:
                     b_wlo = b_wlo * b_sc + tl.where(b_lo, b_e, 0.0)
                     b_whi = b_whi * b_sc + tl.where(b_hi, b_e, 0.0)
-                    b_m = b_mn
                 else:
-                    b_m = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
-                    b_e = tl.where(b_mo, tl.maximum(b_x, 0.0), 0.0)
-                    b_s += b_e
                     b_wlo += tl.where(b_lo, b_e, 0.0)
                     b_whi += tl.where(b_hi, b_e, 0.0)
             b_cand = (b_lo & (b_hi == 0)).to(tl.int32)
@@ -658,23 +674,8 @@ def sample_pass_kernel(
         for start in tl.range(start0, end, BLOCK, num_stages=STAGES):
             o = start + o_b
             b_mo = m_r[:, None] & (o < end)[None, :]
-            b_raw = tl.load(p_xr + o[None, :], mask=b_mo, other=0.0)
-            b_x = b_raw.to(tl.float32)
-            b_k = _key(b_x)
-            b_kmin = tl.minimum(b_kmin, tl.where(b_mo, b_k, _KEY_MAX))
-            b_kmax = tl.maximum(b_kmax, tl.where(b_mo, b_k, _KEY_MIN))
-            if NEED_W:
-                if IS_LOGITS:  # online softmax per lane (the same operations as the full loop)
-                    b_mn = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
-                    b_safe = tl.where(b_mn == float("-inf"), 0.0, b_mn)
-                    b_sc = tl.exp(b_m - b_safe)
-                    b_e = tl.where(b_mo, tl.exp(b_x - b_safe), 0.0)
-                    b_s = b_s * b_sc + b_e
-                    b_m = b_mn
-                else:
-                    b_m = tl.maximum(b_m, tl.where(b_mo, b_x, float("-inf")))
-                    b_e = tl.where(b_mo, tl.maximum(b_x, 0.0), 0.0)
-                    b_s += b_e
+            b_raw, b_k, b_kmin, b_kmax, b_m, b_s, b_sc, b_e = _stats_step(p_xr, o, b_mo, b_kmin, b_kmax, b_m, b_s,
+                                                                         NEED_W, IS_LOGITS)
             if OP == _OP_MASK:
                 if spec_write:  # t_wr is KEY_MIN: the row is copied
                     tl.store(p_or + o[None, :], b_raw.to(p_out.dtype.element_ty), mask=b_mo)
