@@ -120,6 +120,8 @@ def mla_constexprs(cfg: KernelConfig) -> Dict[str, object]:
 
 
 MERGE_CONSTEXPRS = dict(HEAD_DIM_CKV=HEAD_DIM_CKV, BLOCK_H=MERGE_BLOCK_H, BLOCK_C=MERGE_CHUNKS)
+# Where each of the merge kernel's per-call arguments stands in the main kernel's per-call group.
+_MERGE_FROM_CALL = tuple(MLA.per_call_args.index(name) for name in MLA_MERGE.per_call_args)
 
 
 class MLALauncher:
@@ -160,8 +162,7 @@ class MLALauncher:
     @staticmethod
     def merge_call_args(args):
         """The merge kernel's per-call group, taken from the main kernel's (``call_args``)."""
-        named = dict(zip(MLA.per_call_args, args))
-        return tuple(named[name] for name in MLA_MERGE.per_call_args)
+        return tuple(args[i] for i in _MERGE_FROM_CALL)
 
     def __call__(self, q_nope, q_pe, ckv, kpe, out, lse=None, ckv_scale: float = 1.0, kpe_scale: float = 1.0,
                  lse_scale: float = 1.0) -> None:
