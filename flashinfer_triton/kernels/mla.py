@@ -10,10 +10,11 @@ is never copied or concatenated. Programs are numbered head group fastest, so th
 one item run side by side and share its KV through L2.
 
 Split-KV: a split request's chunks write float32 partials (a whole ``[rows, 512]`` tile each: with
-128 heads, 256 KB per query and chunk) and ``mla_merge_kernel``, launched right after, merges them,
-one program per (split tile, block of heads) over the plan's list of split tiles, every chunk of a row read ``BLOCK_C`` at a time. (The
-attention kernel's in-kernel merge, by the last chunk to finish, made one program read every chunk's
-whole tile: about 15 us per chunk on the H200, benchmarks/results/tune/mla-h200.json.) Causal masking is a run-time flag
+128 heads, 256 KB per query and chunk) and ``mla_merge_kernel``, launched right after, merges them:
+one program per (split tile, block of heads) over the plan's list of split tiles, ``BLOCK_C``
+chunks a load. (The attention kernel's in-kernel merge by the last chunk to finish made one program
+read every chunk's whole tile: about 15 us a chunk on the H200, benchmarks/results/tune/mla-h200.json.)
+Causal masking is a run-time flag
 (bottom-right aligned, as FlashInfer: query ``i`` sees key ``j <= i + kv_len - qo_len``).
 Softmax in base 2; the LSE written is ``log2(sum_j 2^(s_j * log2 e))``, times ``lse_scale``.
 """
