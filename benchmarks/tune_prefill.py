@@ -5,6 +5,7 @@ to ``benchmarks/results/tune/prefill-<family>.json``, which the table in
 ``flashinfer_triton/attention/config.py`` cites. Failures are reported and recorded, not skipped.
 
     PYTHONPATH=. python3 benchmarks/tune_prefill.py [--shapes 1x4096,8x2048] [--head-dim 128]
+        [--block-m 128 64] [--block-n 64 128 32] [--warps 8 4] [--stages 2 3 4]
 """
 
 import argparse
@@ -30,6 +31,10 @@ def main():
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=200.0)
+    ap.add_argument("--block-m", type=int, nargs="+", default=[128, 64])
+    ap.add_argument("--block-n", type=int, nargs="+", default=[64, 128, 32])
+    ap.add_argument("--warps", type=int, nargs="+", default=[8, 4])
+    ap.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
     args = ap.parse_args()
     d = args.head_dim
     family = device_info(torch.device("cuda")).family
@@ -41,7 +46,7 @@ def main():
         data[(b, n)] = (q, k, v, qo, kv, torch.empty_like(q), causal_flops([n] * b, [n] * b, d))
     rows, t0 = [], time.time()
     best = {}
-    for bm, bn, warps, stages in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3)):
+    for bm, bn, warps, stages in itertools.product(args.block_m, args.block_n, args.warps, args.stages):
         if time.time() - t0 > args.budget_s:
             print(f"budget of {args.budget_s:.0f} s reached: the remaining shapes are not measured")
             break

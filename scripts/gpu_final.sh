@@ -16,9 +16,12 @@ for step in "$@"; do
     bench-decode) timeout 190 python3 benchmarks/bench_decode.py --plot --reps 25 2>&1 | tee $RES/bench_decode.log | tail -25 ;;
     tune-decode) timeout 420 python3 benchmarks/tune_decode.py --reps 15 --budget-s 250 ${TUNE_ARGS:---shapes 1x16 1x512 1x2048 1x8192 16x512 256x512 64x8192 1x131072 skew64 --block-n 32 64 128 --warps 4 --stages 2 5 7 --ppc 2 4 8 --fill 2 --min-chunk 128 256 1024} \
              2>&1 | tee $RES/tune_decode.log | grep -v "^  FAILED" | tail -40 ;;
+    tune-prefill) timeout ${STEP_TIMEOUT:-330} python3 benchmarks/tune_prefill.py --reps 10 --budget-s ${STEP_BUDGET:-280} ${TUNE_ARGS:-} 2>&1 | tee $RES/tune_prefill.log | grep -v "^  FAILED" | tail -45 ;;
+    fi-cache) du -sh ~/.cache/flashinfer 2>/dev/null; find ~/.cache/flashinfer -name "*.so" -exec ls -la {} \; 2>/dev/null | awk '{print $5, $9}' | tail -20 ;;
     tune-mla) timeout ${STEP_TIMEOUT:-300} python3 benchmarks/tune_mla.py --reps 10 --budget-s ${STEP_BUDGET:-200} ${TUNE_ARGS:-} 2>&1 | tee $RES/tune_mla.log | grep -v "^  FAILED" | tail -25 ;;
-    warm-fi-bg) (timeout 400 python3 benchmarks/warm_flashinfer.py > $RES/warm_fi.log 2>&1 &) ;;
-    warm-fi-wait) for i in $(seq 1 ${WARM_WAIT_STEPS:-80}); do n=$(grep -c "^warm_flashinfer:" $RES/warm_fi.log 2>/dev/null); [ "${n:-0}" -ge 5 ] && break; sleep 5; done;
+    warm-fi-bg) (timeout 400 python3 benchmarks/warm_flashinfer.py --parts ${WARM_PARTS:-sampling ops decode prefill cascade} > $RES/warm_fi.log 2>&1 &) ;;
+    warm-fi-wait) parts=(${WARM_PARTS:-sampling ops decode prefill cascade});
+             for i in $(seq 1 ${WARM_WAIT_STEPS:-80}); do n=$(grep -c "^warm_flashinfer:" $RES/warm_fi.log 2>/dev/null); [ "${n:-0}" -ge ${#parts[@]} ] && break; sleep 5; done;
              cat $RES/warm_fi.log | grep -v Warning | tail -8 ;;
     pytest) timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -rs -n 8 -p no:cacheprovider --tb=short ${TEST_FILES:-tests/test_mla.py} \
              > $RES/tests_pytest.log 2>&1; grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" $RES/tests_pytest.log | tail -30 ;;
