@@ -23,7 +23,12 @@ if ROOT not in sys.path:
 
 
 def try_import_flashinfer():
-    """The comparison peer, or None when it is not installed (its JIT may compile on first use)."""
+    """The comparison peer, or None when it is not installed (its JIT may compile on first use) or
+    ``BENCH_NO_PEER=1`` leaves it out (a device call too short for FlashInfer's first-use compiles:
+    its rows then come from an earlier run, which BENCHMARKS.md says)."""
+    if os.environ.get("BENCH_NO_PEER") == "1":
+        print("[harness] BENCH_NO_PEER=1: FlashInfer's rows are skipped")
+        return None
     try:
         import flashinfer  # noqa: F401
 
@@ -129,6 +134,9 @@ def environment() -> Dict[str, str]:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if os.environ.get("BENCH_NO_PEER") == "1":
+        env["flashinfer"] = "not run (BENCH_NO_PEER=1)"
+        return env
     try:
         import flashinfer
 

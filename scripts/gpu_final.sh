@@ -1,5 +1,6 @@
 # The session's last device calls: every GPU-tier test, then the benchmarks, each step under its own
-# time limit. Results come back as one archive ($OUT allows few files): logs, markdown tables, JSON.
+# time limit (BENCH_NO_PEER=1 leaves FlashInfer out of the benchmarks: its first-use compiles
+# outlast a short call). Results come back as one archive ($OUT allows few files): logs, markdown tables, JSON.
 #   bash scripts/gpu_final.sh tests bench-decode          (call 1)
 #   bash scripts/gpu_final.sh serve prefill sampling ...  (call 2)
 source scripts/device_setup.sh
@@ -18,6 +19,7 @@ for step in "$@"; do
              2>&1 | tee $RES/tune_decode.log | grep -v "^  FAILED" | tail -40 ;;
     tune-prefill) timeout ${STEP_TIMEOUT:-330} python3 benchmarks/tune_prefill.py --reps 10 --budget-s ${STEP_BUDGET:-280} ${TUNE_ARGS:-} 2>&1 | tee $RES/tune_prefill.log | grep -v "^  FAILED" | tail -45 ;;
     fi-cache) du -sh ~/.cache/flashinfer 2>/dev/null; find ~/.cache/flashinfer -name "*.so" -exec ls -la {} \; 2>/dev/null | awk '{print $5, $9}' | tail -20 ;;
+    tune-sampling) timeout ${STEP_TIMEOUT:-300} python3 benchmarks/tune_sampling.py --reps 20 --budget-s ${STEP_BUDGET:-200} ${TUNE_ARGS:-} 2>&1 | tee $RES/tune_sampling.log | tail -40 ;;
     tune-mla) timeout ${STEP_TIMEOUT:-300} python3 benchmarks/tune_mla.py --reps 10 --budget-s ${STEP_BUDGET:-200} ${TUNE_ARGS:-} 2>&1 | tee $RES/tune_mla.log | grep -v "^  FAILED" | tail -25 ;;
     warm-fi-bg) (timeout 400 python3 benchmarks/warm_flashinfer.py --parts ${WARM_PARTS:-sampling ops decode prefill cascade} > $RES/warm_fi.log 2>&1 &) ;;
     warm-fi-wait) parts=(${WARM_PARTS:-sampling ops decode prefill cascade});

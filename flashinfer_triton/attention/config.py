@@ -60,15 +60,18 @@ _HOPPER_SOURCE = ("decode: benchmarks/results/tune/decode-h200.json (H200, Trito
                   "the paged loop two or three K/V buffers, won only unsplit short rows and lost the large ones); "
                   "decode_split from the third run: 2 programs per SM, fill 2, chunks of >= 128 keys (split "
                   "short requests down to one block per program: 1x2048 38.5 -> 17.6 us) led its geometric "
-                  "mean; prefill: from H100 sweeps of earlier sessions whose outputs were not kept "
-                  "(benchmarks/tune_prefill.py re-measures them)")
+                  "mean; prefill D128: benchmarks/results/tune/prefill-h200.json (H200, Triton 3.6, 2026-12-02, "
+                  "32 shapes x 1x1024..1x16384, 8x2048, 16x512 causal): 128x128/w8/s3 led 1x16384 (488 TFLOP/s), "
+                  "128x64/w8/s3 led 1x1024, 1x4096 (413, was 322 at 128x32/w4) and 8x2048, 128x32/w4/s3 led "
+                  "16x512 (213); prefill D64/D256: from H100 sweeps of earlier sessions whose outputs were not "
+                  "kept (benchmarks/tune_prefill.py --head-dim re-measures them)")
 _HOPPER = DeviceTable(
     source=_HOPPER_SOURCE,
     decode={64: BlockShape(16, 128, 4, 2), 128: BlockShape(16, 128, 4, 2), 256: BlockShape(16, 64, 4, 2)},
     prefill={
         64: ((0, 0, BlockShape(64, 64, 4, 3)),),
-        128: ((8193, 0, BlockShape(128, 128, 8, 3)), (0, 8192, BlockShape(128, 32, 4, 3)),
-              (0, 0, BlockShape(64, 64, 4, 3))),
+        128: ((8193, 0, BlockShape(128, 128, 8, 3)), (1024, 0, BlockShape(128, 64, 8, 3)),
+              (0, 8192, BlockShape(128, 32, 4, 3)), (0, 0, BlockShape(64, 64, 4, 3))),
         256: ((0, 0, BlockShape(128, 64, 8, 2)),),
     },
     decode_split=SplitPolicy(programs_per_cu=2, fill_programs_per_cu=2, min_chunk_tokens=128, skew_factor=4),

@@ -28,7 +28,7 @@ from .options import HEAD_DIM_QK_VO, KV_DTYPES, O_DTYPES, Q_DTYPES, make_options
 from .signature import aot_signature
 
 # Batch shapes that reach every rule of the tables: (max_qo_len, total rows).
-BATCH_SHAPES = ((1, 1), (1024, 1024), (2048, 1 << 20), (16384, 16384), (1 << 20, 1 << 20))
+BATCH_SHAPES = ((1, 1), (512, 1 << 20), (1024, 1024), (2048, 1 << 20), (16384, 16384), (1 << 20, 1 << 20))
 GROUPS = (1, 2, 4, 8, 16, 32, 64, 128)
 # Axes: the fields of a launchable configuration. "shape" is the block shape and launch options.
 AXES = ("shape", "head_dim", "head_dim_vo", "q", "kv", "o", "paged", "causal", "window", "soft_cap", "pos_enc",
