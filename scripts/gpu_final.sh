@@ -17,7 +17,7 @@ for step in "$@"; do
     bench-decode) timeout 190 python3 benchmarks/bench_decode.py --plot --reps 25 2>&1 | tee $RES/bench_decode.log | tail -25 ;;
     tune-decode) timeout 420 python3 benchmarks/tune_decode.py --reps 15 --budget-s 250 ${TUNE_ARGS:---shapes 1x16 1x512 1x2048 1x8192 16x512 256x512 64x8192 1x131072 skew64 --block-n 32 64 128 --warps 4 --stages 2 5 7 --ppc 2 4 8 --fill 2 --min-chunk 128 256 1024} \
              2>&1 | tee $RES/tune_decode.log | grep -v "^  FAILED" | tail -40 ;;
-    tune-prefill) timeout ${STEP_TIMEOUT:-330} python3 benchmarks/tune_prefill.py --reps 10 --budget-s ${STEP_BUDGET:-280} ${TUNE_ARGS:-} 2>&1 | tee $RES/tune_prefill.log | grep -v "^  FAILED" | tail -45 ;;
+    tune-prefill) timeout ${STEP_TIMEOUT:-330} python3 benchmarks/tune_prefill.py --reps 10 --budget-s ${STEP_BUDGET:-280} ${TUNE_ARGS:-} 2>&1 | tee -a $RES/tune_prefill.log | grep -v "^  FAILED" | tail -45 ;;
     fi-cache) du -sh ~/.cache/flashinfer 2>/dev/null; find ~/.cache/flashinfer -name "*.so" -exec ls -la {} \; 2>/dev/null | awk '{print $5, $9}' | tail -20 ;;
     tune-sampling) timeout ${STEP_TIMEOUT:-300} python3 benchmarks/tune_sampling.py --reps 20 --budget-s ${STEP_BUDGET:-200} ${TUNE_ARGS:-} 2>&1 | tee $RES/tune_sampling.log | tail -40 ;;
     tune-mla) timeout ${STEP_TIMEOUT:-300} python3 benchmarks/tune_mla.py --reps 10 --budget-s ${STEP_BUDGET:-200} ${TUNE_ARGS:-} 2>&1 | tee $RES/tune_mla.log | grep -v "^  FAILED" | tail -25 ;;
