@@ -177,7 +177,7 @@ def _launch_sample(x, indices, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_
         K.sample_direct_kernel[(_grid_rows(batch, cfg),)](
             x, indices if indices is not None else _dummy(dev, torch.int32), samples, valid, r["p_u"], r["p_seed"],
             r["p_off"], x.stride(0), x.shape[1], batch, int(indices is not None), r["u_stride"], r["seed_val"],
-            r["off_val"], r["seed_stride"], r["off_stride"], r["rng_mode"], ROWS=cfg.rows, BLOCK=cfg.block,
+            r["off_val"], r["seed_stride"], r["off_stride"], r["rng_mode"], ROWS=cfg.rows, BLOCK=cfg.direct_block,
             num_warps=_warps(cfg.warps),
         )
         return (samples, valid, torch.zeros_like(samples)) if with_paths else (samples, valid)

@@ -42,6 +42,6 @@ for step in "$@"; do
   esac
   tar czf $OUT_FINAL/res.tgz -C $RES . 2>/dev/null  # after every step: a call stopped at its limit keeps the steps done
 done
-cp -r benchmarks/results $RES/results 2>/dev/null
+rm -rf $RES/results; cp -r benchmarks/results $RES/results 2>/dev/null
 tar czf $OUT_FINAL/res.tgz -C $RES .
 echo "=== done [$(date +%T)]"

@@ -63,13 +63,14 @@ _HOPPER_SOURCE = ("decode: benchmarks/results/tune/decode-h200.json (H200, Trito
                   "mean; prefill D128: benchmarks/results/tune/prefill-h200.json (H200, Triton 3.6, 2026-12-02, "
                   "32 shapes x 1x1024..1x16384, 8x2048, 16x512 causal): 128x128/w8/s3 led 1x16384 (488 TFLOP/s), "
                   "128x64/w8/s3 led 1x1024, 1x4096 (413, was 322 at 128x32/w4) and 8x2048, 128x32/w4/s3 led "
-                  "16x512 (213); prefill D64/D256: from H100 sweeps of earlier sessions whose outputs were not "
-                  "kept (benchmarks/tune_prefill.py --head-dim re-measures them)")
+                  "16x512 (213); D64 (same file, 1x4096 and 8x2048): 128x64/w8/s3 tied 64x64/w4/s3 on 1x4096 (321) "
+                  "and led 8x2048 (350 vs 323); D256 (same file, 1x4096, 6 shapes in the budget): 128x32/w8/s3 "
+                  "422, the table's 128x64/w8/s2 415 (kept)")
 _HOPPER = DeviceTable(
     source=_HOPPER_SOURCE,
     decode={64: BlockShape(16, 128, 4, 2), 128: BlockShape(16, 128, 4, 2), 256: BlockShape(16, 64, 4, 2)},
     prefill={
-        64: ((0, 0, BlockShape(64, 64, 4, 3)),),
+        64: ((1024, 0, BlockShape(128, 64, 8, 3)), (0, 0, BlockShape(64, 64, 4, 3))),
         128: ((8193, 0, BlockShape(128, 128, 8, 3)), (1024, 0, BlockShape(128, 64, 8, 3)),
               (0, 8192, BlockShape(128, 32, 4, 3)), (0, 0, BlockShape(64, 64, 4, 3))),
         256: ((0, 0, BlockShape(128, 64, 8, 2)),),

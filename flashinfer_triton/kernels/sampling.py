@@ -91,7 +91,9 @@ class SamplingConfig:
     ``split_max``: most programs per row; ``search_block``: tile width of the fallback bisection
     streamed over a row (a [rows, search_block, pivots] compare); ``warps``/``resolve_warps``:
     warps of the streaming kernels / of the resolve kernel; ``stages``: software pipelining of
-    the streaming loops."""
+    the streaming loops; ``direct_block``: streaming width of ``sample_direct_kernel`` (its loop
+    stops at the sample, so a wider block keeps more bytes in flight for at most one block of
+    overshoot a row)."""
 
     rows: int
     block: int
@@ -104,6 +106,7 @@ class SamplingConfig:
     warps: int
     resolve_warps: int
     stages: int
+    direct_block: int
 
     @property
     def name(self) -> str:
@@ -121,12 +124,12 @@ class SamplingConfig:
 # the CPU tier affordable); no GPU launch picks it, so it is not an AOT configuration.
 TINY_VOCAB = 32
 TINY = SamplingConfig(rows=16, block=32, search_block=32, cap=32, sample=32, bins=16, pivots=8, split_max=1, warps=4,
-                      resolve_warps=4, stages=1)
+                      resolve_warps=4, stages=1, direct_block=32)
 TINY_INTERPRETER = dataclasses.replace(TINY, rows=2048)
 # configs of several rows a program skip the bracket estimate: every row must fit whole
 assert TINY_VOCAB <= min(TINY.sample, TINY.cap)
 LARGE = SamplingConfig(rows=1, block=2048, search_block=256, cap=4096, sample=4096, bins=256, pivots=8, split_max=16,
-                       warps=8, resolve_warps=8, stages=1)
+                       warps=8, resolve_warps=8, stages=1, direct_block=2048)
 
 # Programs per compute unit that the split aims for (two keeps each SM busy while the other
 # program waits on memory); default, not yet measured.
@@ -1257,7 +1260,7 @@ def aot_configs():
                                   name=f"sampling_resolve_op{op}_{_kind(is_logits)}_{dt}_{cfg.name}"))
         sig = _sig(sample_direct_kernel, p_x="*fp32", p_idx="*i32", p_out="*i32", p_valid="*i1", p_u="*fp32",
                    p_seed="*i64", p_off="*i64")
-        cfgs.append(AotConfig(sample_direct_kernel, sig, dict(ROWS=cfg.rows, BLOCK=cfg.block), num_warps=cfg.warps,
+        cfgs.append(AotConfig(sample_direct_kernel, sig, dict(ROWS=cfg.rows, BLOCK=cfg.direct_block), num_warps=cfg.warps,
                               hip_num_warps=hw, name=f"sampling_direct_{cfg.name}"))
         sig = _sig(chain_speculative_kernel, p_draft="*fp32", p_ids="*i32", p_target="*fp32", p_u="*fp32",
                    p_seed="*i64", p_off="*i64", p_out="*i32", p_acc="*i32", p_emit="*i32")
