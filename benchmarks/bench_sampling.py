@@ -85,7 +85,7 @@ def ops(fi):
 
 
 def path_mix(name, data):
-    """Our resolve path per row as fractions 'candidates/bracket/fallback' (None for ops without
+    """Our resolve path per row as fractions 'candidates/bracket/fallback/stored' (None for ops without
     one), through the launchers' with_paths hook."""
     probs, logits = data["probs"], data["logits"]
     u = torch.rand((probs.shape[0], 1), device=probs.device)
@@ -116,7 +116,7 @@ def path_mix(name, data):
         return None
     paths = calls[name]()
     return "/".join(f"{(paths == c).float().mean().item():.2f}" for c in (K.PATH_CANDIDATES, K.PATH_BRACKET,
-                                                                           K.PATH_FALLBACK))
+                                                                           K.PATH_FALLBACK, K.PATH_STORED))
 
 
 def nbytes(kind, batch, vocab):
@@ -166,7 +166,7 @@ def report(rows):
         table.append([key[0], key[1], key[2], o["us"], o["tbps"], p["us"] if p else "-", f"{sp:.2f}x" if sp else "-",
                       o.get("paths") or "-"])
     text = markdown_table(["op", "batch", "vocab", "ours us", "ours TB/s", "flashinfer us", "speedup",
-                           "our rows: candidates/bracket/fallback"], table)
+                           "our rows: candidates/bracket/fallback/stored"], table)
     if per_op:
         summary = []
         for op, v in per_op.items():

@@ -110,7 +110,10 @@ def _filter_args(x, k_arr, k_val, p_arr, p_val, mp_arr, mp_val, mode_k, mode_p, 
 
 
 def _workspace(batch, split, chunk, cfg, dev, need_w=True):
-    region = min(cfg.cap, chunk)
+    # Candidate slots per (row, chunk): twice what the resolve kernel holds in registers, so a
+    # bracket that held s* with up to 2 CAP candidates in one chunk still resolves over them
+    # (K.PATH_STORED) instead of searching the whole row.
+    region = min(2 * cfg.cap, chunk)
     pi = torch.empty(batch * split * K.NUM_IPART, dtype=torch.int32, device=dev)
     pf = (torch.empty(batch * split * K.NUM_FPART, dtype=torch.float32, device=dev) if need_w
           else _dummy(dev, torch.float32))

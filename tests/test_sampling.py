@@ -205,6 +205,47 @@ def test_resolve_paths(split, poisoned_allocations):
         assert R.inverse_cdf_consistent(dist, u[:, 0], samples).all(), name
 
 
+@pytest.mark.parametrize("split", [1, 3])
+def test_stored_candidates_path(split, poisoned_allocations):
+    """A bracket that holds s* with more candidates than CAP (flat rows: many entries near the
+    threshold) resolves over the candidates the pass stored (``K.PATH_STORED``) for one filter,
+    k or p, in every op: the same answers as the references."""
+    v = PATH_VOCAB
+    logits = torch.stack([_randn((v,), seed=30 + i, scale=sc) for i, sc in enumerate((0.05, 0.2, 0.5))])
+    print(f"seeds 30..32, vocab {v}, split {split}")
+    probs = torch.softmax(logits, -1)
+    k = torch.full((3,), 700, device=DEVICE, dtype=torch.int32)
+    p = torch.full((3,), 0.5, device=DEVICE)
+    kw = dict(config=PATH_CFG, split=split, with_paths=True)
+    seen = set()
+    out, paths = S._launch_filter(probs, k, 0, None, 1.0, 2, 0, K.OP_RENORM, **kw)
+    seen |= set(paths.tolist())
+    ref = R.top_k_renorm_probs(probs, k)
+    assert torch.equal(out > 0, ref > 0)
+    assert_close_to_reference(out, ref, ref.float(), "renorm k")
+    out, paths = S._launch_filter(probs, None, 0, p, 0.0, 0, 2, K.OP_RENORM, **kw)
+    seen |= set(paths.tolist())
+    ref = R.top_p_renorm_probs(probs, p)
+    assert torch.equal(out > 0, ref > 0)
+    assert_close_to_reference(out, ref, ref.float(), "renorm p")
+    out, paths = S._launch_filter(logits, k, 0, None, 1.0, 2, 0, K.OP_MASK, **kw)
+    seen |= set(paths.tolist())
+    assert torch.equal(out.double(), R.top_k_mask_logits(logits, k))
+    values, indices, paths = S._launch_top_k(logits, 700, False, **kw)
+    seen |= set(paths.tolist())
+    assert torch.equal(indices, R.top_k_indices(logits, 700)) and torch.equal(values, torch.gather(logits, 1, indices))
+    u = torch.rand((3, 1), generator=_gen(13), device=DEVICE)
+    for name, (k_arr, p_arr, mode_k, mode_p) in {"top_k": (k, None, 2, 0), "top_p": (None, p, 0, 2)}.items():
+        for x, is_logits in ((probs, False), (logits, True)):
+            samples, valid, paths = S._launch_sample(x, None, k_arr, 0, p_arr, 1.0, None, 0.0, mode_k, mode_p, 0,
+                                                     False, is_logits, u, None, 0, None, 0, **kw)
+            seen |= set(paths.tolist())
+            dist, keep = R.sampling_target(probs, **({"top_k": k_arr} if k_arr is not None else {"top_p": p_arr}))
+            assert keep[torch.arange(3, device=DEVICE), samples.long()].all() and valid.all(), name
+            assert R.inverse_cdf_consistent(dist, u[:, 0], samples).all(), name
+    assert K.PATH_STORED in seen, seen
+
+
 def test_count_fallback_thresholds(poisoned_allocations):
     """The count threshold of the fallback (the radix select over the whole row) at thresholds the
     bisection handled: ties at it, negative values, -0.0 next to +0.0, the row's extremes. The 20

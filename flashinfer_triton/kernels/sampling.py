@@ -22,8 +22,11 @@ FlashInfer). Finding ``s*`` and drawing from ``S`` takes two launches, whatever 
    ``t_hi``, by a streaming pick); filters fix up the candidates' outputs by scatter or rewrite
    the row (``filter_apply_kernel`` splits the renorm's rewrite when SPLIT > 1; the mask rewrites
    a row only on the fallback, in the resolve kernel).
-   When the bracket missed ``s*`` or held more than ``CAP`` candidates, the same program finds
-   ``s*`` by the bisection streamed over the whole row (exact, slower, rare).
+   When the bracket held ``s*`` but more than ``CAP`` candidates (a flat distribution: many
+   entries near the threshold, e.g. top-p 0.9 over a 256k vocabulary) and the pass stored them all
+   (2 ``CAP`` slots per chunk), one filter's ``s*`` is found by the bisection streamed over the
+   stored candidates. When the bracket missed ``s*`` or overflowed, the same program finds ``s*``
+   by the bisection streamed over the whole row (exact, slower, rare).
 
 So a sampler reads its input once and a filter reads it once and writes it once in the common
 case. ``sample_direct_kernel`` is plain ``sampling_from_probs`` for large batches: one pass that
@@ -59,6 +62,8 @@ PATH_NONE = 0  # no filter
 PATH_CANDIDATES = 1  # the kept set was collected whole: resolved and drawn / fixed up from the candidates
 PATH_BRACKET = 2  # the threshold was in the bracket; the kept set is streamed (pick pass / row rewrite)
 PATH_FALLBACK = 3  # the bracket missed or overflowed: the threshold was searched over the whole row
+PATH_STORED = 4  # the bracket held the threshold but more than CAP candidates, all stored by the pass:
+#                  the threshold was searched over them, the kept set is streamed (one filter: k or p)
 NUM_STATE = 4  # resolve state per row: rewrite the row (filters), threshold, 1 / mass (bits), path
 
 NUM_IPART = 6  # int partials per (row, chunk): kmin, kmax, count >= t_lo, count >= t_hi, t_lo, t_hi
@@ -74,6 +79,7 @@ _OP_TOPK = tl.constexpr(OP_TOPK)
 _NUM_IPART = tl.constexpr(NUM_IPART)
 _NUM_STATE = tl.constexpr(NUM_STATE)
 _NUM_FPART = tl.constexpr(NUM_FPART)
+_PATH_STORED = tl.constexpr(PATH_STORED)
 
 # Reductions call tl.reduce / tl.associative_scan with Triton's own combine functions instead of
 # tl.sum / tl.max / tl.min / tl.cumsum: the same code on a GPU, but the interpreter runs them in
@@ -117,7 +123,12 @@ class SamplingConfig:
 # (8192-wide blocks with 32 warps streamed one row per SM fastest; with rows split over programs
 # a chunk is a few blocks, so 2048-wide blocks with 8 warps keep the same bytes in flight per SM)
 # and from the architecture (a [1, 4096] candidate block with 8 bisection pivots is 128 values per
-# thread at 8 warps): derived from the H100 sweep / architecture, not yet measured on H200.
+# thread at 8 warps): derived from the H100 sweep / architecture. stages=3 (the pass kernel's
+# stream software-pipelined, three 8 KB blocks in flight a program where one program of 204
+# registers a thread fits an SM) from benchmarks/results/tune/sampling-nvidia-h200.json (H200,
+# 2026-12-02, 9 ops x batch 1..512 x split 1..16): 1.21x geometric mean over the default
+# (stages=1), 1.34x at batch >= 256; stages=2 1.21x, block 1024 with 3 stages 1.20x, direct_block
+# 4096 / 8192 1.00x / 0.98x (so 2048 stays).
 # The tiny entry (vocabularies up to 32, 16 draws a program) serves many draws from small
 # distributions; default, not yet measured. The CPU interpreter pays per operation, not per
 # element, so it gets the tiny entry with 2048 rows a program (what makes the statistical tests of
@@ -129,7 +140,7 @@ TINY_INTERPRETER = dataclasses.replace(TINY, rows=2048)
 # configs of several rows a program skip the bracket estimate: every row must fit whole
 assert TINY_VOCAB <= min(TINY.sample, TINY.cap)
 LARGE = SamplingConfig(rows=1, block=2048, search_block=256, cap=4096, sample=4096, bins=256, pivots=8, split_max=16,
-                       warps=8, resolve_warps=8, stages=1, direct_block=2048)
+                       warps=8, resolve_warps=8, stages=3, direct_block=2048)
 
 # Programs per compute unit that the split aims for (two keeps each SM busy while the other
 # program waits on memory); default, not yet measured.
@@ -316,6 +327,49 @@ def _search_row(p_xr, m_r, n, m, lo, hi, target, active, COUNT: tl.constexpr, IS
         lo, hi = _narrow(lo, hi, b_piv, b_f, b_above, b_below, target, target * 0.0, act)
         act = act & (lo < hi)
     return lo
+
+
+@triton.jit
+def _stored_f(p_ck, p_row, region, b_cnt, m, b_piv32, active, nsplit, COUNT: tl.constexpr, IS_LOGITS: tl.constexpr,
+              SPLIT_BLOCK: tl.constexpr, BLOCK: tl.constexpr):
+    """``_f_above`` over the candidates the pass stored for one row ([1] tensors): chunk c's
+    ``b_cnt[c]`` keys at ``p_ck + (p_row + c) * region``. Returns (f, above, below) [1, P]."""
+    o_b = tl.arange(0, BLOCK)
+    o_c = tl.arange(0, SPLIT_BLOCK)
+    b_f = tl.zeros(b_piv32.shape, tl.float32)
+    b_above = tl.full(b_piv32.shape, _KEY_MAX, tl.int32)
+    b_below = tl.full(b_piv32.shape, _KEY_MIN, tl.int32)
+    for c in range(0, nsplit):
+        cnt = tl.reduce(tl.where(o_c[None, :] == c, b_cnt, 0), 1, _SUM)  # [1]
+        top = tl.reduce(tl.where(active, cnt, 0), 0, _MAX)
+        for start in range(0, top, BLOCK):
+            o = start + o_b
+            b_mo = active[:, None] & (o[None, :] < cnt[:, None])
+            b_key = tl.load(p_ck + (p_row + c)[:, None] * region + o[None, :], mask=b_mo, other=_KEY_MIN)
+            b_w = _weight(_value(b_key), m[:, None], IS_LOGITS)
+            f, above, below = _f_above(b_key, b_w, b_mo, b_piv32, COUNT)
+            b_f += f
+            b_above = tl.minimum(b_above, above)
+            b_below = tl.maximum(b_below, below)
+    return b_f, b_above, b_below
+
+
+@triton.jit
+def _search_stored(p_ck, p_row, region, b_cnt, m, lo, hi, target, active, nsplit, COUNT: tl.constexpr,
+                   IS_LOGITS: tl.constexpr, SPLIT_BLOCK: tl.constexpr, BLOCK: tl.constexpr, P: tl.constexpr):
+    """``_search_block`` with f streamed over the stored candidates (``_stored_f``): the
+    threshold of a bracket that held it but more than CAP candidates. Returns (threshold, f at
+    it): the count or weight of the candidates at or above it."""
+    act = active & (lo < hi)
+    while tl.reduce(act.to(tl.int32), 0, _MAX) > 0:
+        b_piv = _pivots(lo, hi, P)
+        b_f, b_above, b_below = _stored_f(p_ck, p_row, region, b_cnt, m, b_piv.to(tl.int32), act, nsplit, COUNT,
+                                          IS_LOGITS, SPLIT_BLOCK, BLOCK)
+        lo, hi = _narrow(lo, hi, b_piv, b_f, b_above, b_below, target, target * 0.0, act)
+        act = act & (lo < hi)
+    f, _, _ = _stored_f(p_ck, p_row, region, b_cnt, m, lo[:, None].to(tl.int32), active, nsplit, COUNT, IS_LOGITS,
+                        SPLIT_BLOCK, BLOCK)
+    return lo, tl.reduce(f, 1, _SUM)
 
 
 @triton.jit
@@ -880,9 +934,35 @@ def sample_resolve_kernel(
     fast = on & ok
     mass = tl.where(on, w_hi + tl.reduce(tl.where(b_v & (b_key.to(tl.int64) >= thr[:, None]), b_w, 0.0), 1, _SUM),
                     tot)
-    # ---- fallback: the bisection streamed over whole rows (bracket missed or too many candidates)
+    # ---- one filter whose bracket held s* with more than CAP candidates, all of them stored by the
+    # pass (the chunk regions hold CAP each): s* by the bisection over the stored candidates, a few
+    # thousand elements instead of the whole row; the kept set is then streamed as on a bracket.
     need = on & (fast == 0)
-    path = tl.where(on, tl.where(fast, tl.where(t_hi == _KEY_MAX, 1, 2), 3), 0)
+    stored = m_r & False
+    if ROWS == 1:
+        all_kept = tl.reduce(((b_clo - b_chi) <= region).to(tl.int32), 1, _MIN) > 0  # (masked chunks: 0 <= region)
+        one_k = k_on & (p_on == 0) & (m_on == 0) & k_in
+        one_p = p_on & (k_on == 0) & (m_on == 0) & p_in
+        stored = need & all_kept & (one_k | one_p) & (t_hi < _KEY_MAX)
+        if tl.reduce(stored.to(tl.int32), 0, _MAX) > 0:
+            p_row = o_r.to(tl.int64) * nsplit
+            if NEED_W:
+                goal = tl.where(one_k, kf - c_hi, target - w_hi)
+            else:
+                goal = kf - c_hi
+            s_st, f_st = _search_stored(p_ck, p_row, region, b_cnt, mx, t_lo, hi0, goal, stored & one_k, nsplit, True,
+                                        IS_LOGITS, SPLIT_BLOCK, BLOCK, PIVOTS)
+            thr = tl.where(stored & one_k, s_st, thr)
+            if NEED_W:
+                s_sp, f_sp = _search_stored(p_ck, p_row, region, b_cnt, mx, t_lo, hi0, goal, stored & one_p, nsplit,
+                                            False, IS_LOGITS, SPLIT_BLOCK, BLOCK, PIVOTS)
+                thr = tl.where(stored & one_p, s_sp, thr)
+                _, m_st = _search_stored(p_ck, p_row, region, b_cnt, mx, thr, thr, goal, stored & one_k, nsplit,
+                                         False, IS_LOGITS, SPLIT_BLOCK, BLOCK, PIVOTS)
+                mass = tl.where(stored, w_hi + tl.where(one_k, m_st, f_sp), mass)
+            s_k = tl.where(stored & one_k, thr, s_k)
+            need = need & (stored == 0)
+    path = tl.where(on, tl.where(fast, tl.where(t_hi == _KEY_MAX, 1, 2), tl.where(stored, _PATH_STORED, 3)), 0)
     p_s = p_state + o_r.to(tl.int64) * _NUM_STATE
     tl.store(p_s + 3, path, mask=m_r)
     if OP == _OP_TOPK:
@@ -947,7 +1027,7 @@ def sample_resolve_kernel(
             fix = fast
             b_fix = fix[:, None] & b_v & (b_kept == 0)
             b_y = tl.full([ROWS, CAP], float("-inf"), tl.float32)
-            full = need
+            full = need | stored
         tl.store(p_or + b_idx, b_y.to(p_out.dtype.element_ty), mask=b_fix)
         if full_here:
             _write_rows(p_xr, p_or, o_r, 0, n, thr, inv, full, OP, ROWS, BLOCK)
@@ -971,7 +1051,7 @@ def sample_resolve_kernel(
         b_val = tl.load(p_xr + b_idx, mask=b_st, other=0.0)
         tl.store(p_vr + b_pos, b_val, mask=b_st)
         tl.store(p_ir + b_pos, b_idx.to(tl.int64), mask=b_st)
-        _topk_rows(p_xr, p_vr, p_ir, n, kk, tl.where(k_on, thr, _KEY_MIN - 1), tie_large, need, BLOCK)
+        _topk_rows(p_xr, p_vr, p_ir, n, kk, tl.where(k_on, thr, _KEY_MIN - 1), tie_large, need | stored, BLOCK)
 
 
 # The tiny configuration's resolve kernel: the same code, never told that the row stride is a multiple
