@@ -127,6 +127,8 @@ def nbytes(kind, batch, vocab):
 def check_against_peer(fi, table, data):
     """Exact kept sets of the filters and top_k against FlashInfer on one shape (prints, never raises)."""
     for name in ("top_k_renorm_probs(k=100)", "top_p_renorm_probs(p=0.9)", "top_k_mask_logits(k=100)", "top_k(k=256)"):
+        if name not in table:  # left out by --only
+            continue
         _, ours, theirs = table[name]
         if theirs is None:
             continue
