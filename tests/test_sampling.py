@@ -246,6 +246,28 @@ def test_stored_candidates_path(split, poisoned_allocations):
     assert K.PATH_STORED in seen, seen
 
 
+@pytest.mark.parametrize("split", [3, 4])
+def test_bracket_draw_streams_one_chunk(split, poisoned_allocations):
+    """Samplers on a bracket row draw by streaming only the chunk where the kept weight passes u
+    (the per-chunk kept weight from the partials and the candidates): 48 copies of the bracket
+    row of ``_path_rows`` with 48 uniforms land in every chunk, each on the reference's inverse CDF."""
+    logits, _, _ = _path_rows()
+    batch = 48
+    x = torch.softmax(logits, -1)[1:2].repeat(batch, 1)
+    u = torch.rand((batch, 1), generator=_gen(5), device=DEVICE)
+    p = torch.full((batch,), 0.9, device=DEVICE)
+    k = torch.full((batch,), 200, device=DEVICE, dtype=torch.int32)
+    for name, (k_arr, p_arr, mode_k, mode_p) in {"top_p": (None, p, 0, 2), "top_k": (k, None, 2, 0)}.items():
+        samples, valid, paths = S._launch_sample(x, None, k_arr, 0, p_arr, 1.0, None, 0.0, mode_k, mode_p, 0, False,
+                                                 False, u, None, 0, None, 0, config=PATH_CFG, split=split,
+                                                 with_paths=True)
+        assert set(paths.tolist()) == {K.PATH_BRACKET}, name
+        dist, keep = R.sampling_target(x, **({"top_p": p_arr} if p_arr is not None else {"top_k": k_arr}))
+        assert keep[torch.arange(batch, device=DEVICE), samples.long()].all() and valid.all(), name
+        assert R.inverse_cdf_consistent(dist, u[:, 0], samples).all(), name
+        assert len(set(samples.tolist())) > batch // 2, name  # the draws spread over the kept set
+
+
 def test_count_fallback_thresholds(poisoned_allocations):
     """The count threshold of the fallback (the radix select over the whole row) at thresholds the
     bisection handled: ties at it, negative values, -0.0 next to +0.0, the row's extremes. The 20

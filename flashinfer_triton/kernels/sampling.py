@@ -19,7 +19,8 @@ FlashInfer). Finding ``s*`` and drawing from ``S`` takes two launches, whatever 
    candidates (at most ``CAP``) into registers and finds ``s*`` exactly among them with a
    multi-pivot bisection on keys that snaps to element keys (the counts/weights above ``t_hi`` are
    offsets). Samplers then draw by inverse CDF from the candidates (or, when ``S`` reaches above
-   ``t_hi``, by a streaming pick); filters fix up the candidates' outputs by scatter or rewrite
+   ``t_hi``, by a streaming pick over the one chunk where the kept weight, known per chunk from
+   the partials and the candidates, passes the draw); filters fix up the candidates' outputs by scatter or rewrite
    the row (``filter_apply_kernel`` splits the renorm's rewrite when SPLIT > 1; the mask rewrites
    a row only on the fallback, in the resolve kernel).
    When the bracket held ``s*`` but more than ``CAP`` candidates (a flat distribution: many
@@ -865,6 +866,7 @@ def sample_resolve_kernel(
     w_lo = tl.zeros([ROWS], tl.float32)
     w_hi = tl.zeros([ROWS], tl.float32)
     b_tot = tl.zeros([ROWS, SPLIT_BLOCK], tl.float32)
+    b_whi = tl.zeros([ROWS, SPLIT_BLOCK], tl.float32)
     if NEED_W:
         p_f = p_pf + (o_r[:, None].to(tl.int64) * nsplit + o_c[None, :]) * _NUM_FPART
         b_mx = tl.load(p_f + 0, mask=b_mc, other=float("-inf"))
@@ -876,7 +878,8 @@ def sample_resolve_kernel(
         b_tot = tl.load(p_f + 1, mask=b_mc, other=0.0) * b_sc
         tot = tl.reduce(b_tot, 1, _SUM)
         w_lo = tl.reduce(tl.load(p_f + 2, mask=b_mc, other=0.0) * b_sc, 1, _SUM)
-        w_hi = tl.reduce(tl.load(p_f + 3, mask=b_mc, other=0.0) * b_sc, 1, _SUM)
+        b_whi = tl.load(p_f + 3, mask=b_mc, other=0.0) * b_sc
+        w_hi = tl.reduce(b_whi, 1, _SUM)
     # ---- gather the candidates (chunk regions, in chunk order: index order) into registers
     m_cand = c_lo - c_hi
     fits = m_cand <= CAP
@@ -1001,17 +1004,31 @@ def sample_resolve_kernel(
         first = tl.where(first < CAP, first, tl.reduce(tl.where(b_kw > 0.0, o_j[None, :], -1), 1, _MAX))
         res = tl.reduce(tl.where(o_j[None, :] == first[:, None], b_idx, 0), 1, _SUM).to(tl.int64)
         res = tl.where(first >= 0, res, -1)
-        # streaming pick: plain rows within the chunk where the running total passes tau
+        # streaming pick within the one chunk where the running weight passes tau: plain rows by the
+        # chunk totals; bracket rows (every kept candidate in registers, in chunk order) by the
+        # kept weight per chunk, the entries >= t_hi (chunk partials) plus the kept candidates
+        # between that chunk's slots (from their running sum). Other rows stream the whole row.
         plain = on == 0
-        b_cum_c = tl.associative_scan(b_tot, 1, _SUM)
+        brk = fast & (t_hi < _KEY_MAX)
+        b_kc = b_tot  # weight to draw from, per chunk
+        if tl.reduce(brk.to(tl.int32), 0, _MAX) > 0:
+            b_kc = tl.where(brk[:, None], b_whi, b_kc)
+            for c in range(0, nsplit):
+                first_c = tl.reduce(tl.where(o_c[None, :] == c, b_first, 0), 1, _SUM)
+                end_c = tl.reduce(tl.where(o_c[None, :] == c, b_end, 0), 1, _SUM)
+                b_in_c = (o_j[None, :] >= first_c[:, None]) & (o_j[None, :] < end_c[:, None])
+                w_c = tl.reduce(tl.where(b_in_c, b_kw, 0.0), 1, _SUM)
+                b_kc = tl.where(brk[:, None] & (o_c[None, :] == c), b_kc + w_c[:, None], b_kc)
+        b_cum_c = tl.associative_scan(b_kc, 1, _SUM)
         c_hit = tl.reduce(tl.where(b_cum_c > tau[:, None], o_c[None, :], SPLIT_BLOCK), 1, _MIN)
-        c_hit = tl.where(c_hit < SPLIT_BLOCK, c_hit, tl.reduce(tl.where(b_tot > 0.0, o_c[None, :], 0), 1, _MAX))
-        run0 = tl.reduce(tl.where(o_c[None, :] == c_hit[:, None], b_cum_c - b_tot, 0.0), 1, _SUM)
-        start = tl.where(plain, c_hit * chunk, 0).to(tl.int64)
-        stop = tl.where(plain, tl.minimum(start + chunk, n), n).to(tl.int64)
+        c_hit = tl.where(c_hit < SPLIT_BLOCK, c_hit, tl.reduce(tl.where(b_kc > 0.0, o_c[None, :], 0), 1, _MAX))
+        run0 = tl.reduce(tl.where(o_c[None, :] == c_hit[:, None], b_cum_c - b_kc, 0.0), 1, _SUM)
+        one_chunk = plain | brk
+        start = tl.where(one_chunk, c_hit * chunk, 0).to(tl.int64)
+        stop = tl.where(one_chunk, tl.minimum(start + chunk, n), n).to(tl.int64)
         pick = m_r & (all_in == 0) & (mass > 0.0)
         res_p, _, _ = _pick_rows(p_xr, start, stop, tl.where(plain, _KEY_MIN, thr), mx, tau,
-                                 tl.where(plain, run0, 0.0), pick, IS_LOGITS, BLOCK)
+                                 tl.where(one_chunk, run0, 0.0), pick, IS_LOGITS, BLOCK)
         res = tl.where(all_in, res, res_p)
         tl.store(p_out + o_r, tl.maximum(res, 0).to(tl.int32), mask=m_r)
         tl.store(p_aux + o_r, (res >= 0) & (mass > 0.0), mask=m_r)
