@@ -149,15 +149,16 @@ PATH_VOCAB = 1500
 def _path_rows():
     """Logits whose rows take the four resolve paths: (0) the bracket estimate misses, since the
     20 largest entries sit in the sample's segments (16 of sample / 16 entries at a stride of
-    vocab // 16) and 300 entries just below them outside it; (1) a bracket (the kept set is too big
+    vocab // 16) and 700 entries just below them outside it (more than CAP, so a top-p bracket's
+    floor at about CAP / 4 entries above t_lo does not rescue it either); (1) a bracket (the kept set is too big
     to collect whole); (2) no filter; (3) the kept set collected whole."""
     v = PATH_VOCAB
     stride, seg = v // 16, PATH_CFG.sample // 16
     heavy = torch.tensor([i for i in range(v) if i % stride < seg][:20], device=DEVICE)
-    outside = torch.tensor([i for i in range(v) if i % stride >= seg][:300], device=DEVICE)
+    outside = torch.tensor([i for i in range(v) if i % stride >= seg][:700], device=DEVICE)
     row0 = _randn((v,), seed=7, scale=0.1)
     row0[heavy] = 6.0 + _randn((20,), seed=8, scale=0.1)
-    row0[outside] = 4.0 + _randn((300,), seed=9, scale=0.1)
+    row0[outside] = 4.0 + _randn((700,), seed=9, scale=0.1)
     logits = torch.stack([row0, _randn((v,), seed=10), _randn((v,), seed=11, scale=3), _randn((v,), seed=12, scale=3)])
     k = torch.tensor([40, 200, v, 30], device=DEVICE, dtype=torch.int32)
     p = torch.tensor([0.5, 0.9, 1.0, 0.7], device=DEVICE)
@@ -244,6 +245,35 @@ def test_stored_candidates_path(split, poisoned_allocations):
             assert keep[torch.arange(3, device=DEVICE), samples.long()].all() and valid.all(), name
             assert R.inverse_cdf_consistent(dist, u[:, 0], samples).all(), name
     assert K.PATH_STORED in seen, seen
+
+
+def test_small_top_p_set_collected_whole(poisoned_allocations):
+    """A small top-p set the sample underestimates (20 heavy entries in the sample's segments, 60
+    just below them outside it): the bracket's floor at about CAP / 4 entries above t_lo collects
+    it whole (it missed before, and a miss costs the whole-row fallback); the same answers."""
+    v = PATH_VOCAB
+    stride, seg = v // 16, PATH_CFG.sample // 16
+    heavy = torch.tensor([i for i in range(v) if i % stride < seg][:20], device=DEVICE)
+    outside = torch.tensor([i for i in range(v) if i % stride >= seg][:60], device=DEVICE)
+    row = _randn((v,), seed=40, scale=0.1)
+    row[heavy] = 6.0
+    row[outside] = 5.0 + _randn((60,), seed=41, scale=0.1)
+    logits = torch.stack([row, row.flip(0)])
+    probs = torch.softmax(logits, -1)
+    p = torch.full((2,), 0.7, device=DEVICE)
+    out, paths = S._launch_filter(probs, None, 0, p, 0.0, 0, 2, K.OP_RENORM, config=PATH_CFG, split=3, with_paths=True)
+    assert paths.tolist() == [K.PATH_CANDIDATES] * 2
+    ref = R.top_p_renorm_probs(probs, p)
+    assert torch.equal(out > 0, ref > 0)
+    assert_close_to_reference(out, ref, ref.float(), "renorm p")
+    u = torch.rand((2, 1), generator=_gen(42), device=DEVICE)
+    for x, is_logits in ((probs, False), (logits, True)):
+        samples, valid, paths = S._launch_sample(x, None, None, 0, p, 1.0, None, 0.0, 0, 2, 0, False, is_logits, u,
+                                                 None, 0, None, 0, config=PATH_CFG, split=3, with_paths=True)
+        assert paths.tolist() == [K.PATH_CANDIDATES] * 2
+        dist, keep = R.sampling_target(probs, top_p=p)
+        assert keep[torch.arange(2, device=DEVICE), samples.long()].all() and valid.all()
+        assert R.inverse_cdf_consistent(dist, u[:, 0], samples).all()
 
 
 @pytest.mark.parametrize("split", [3, 4])
