@@ -945,7 +945,7 @@ def sample_resolve_kernel(
     mass = tl.where(on, w_hi + tl.reduce(tl.where(b_v & (b_key.to(tl.int64) >= thr[:, None]), b_w, 0.0), 1, _SUM),
                     tot)
     # ---- one filter whose bracket held s* with more than CAP candidates, all of them stored by the
-    # pass (the chunk regions hold CAP each): s* by the bisection over the stored candidates, a few
+    # pass (the chunk regions hold 2 CAP each): s* by the bisection over the stored candidates, a few
     # thousand elements instead of the whole row; the kept set is then streamed as on a bracket.
     need = on & (fast == 0)
     stored = m_r & False
@@ -960,13 +960,14 @@ def sample_resolve_kernel(
                 goal = tl.where(one_k, kf - c_hi, target - w_hi)
             else:
                 goal = kf - c_hi
-            s_st, f_st = _search_stored(p_ck, p_row, region, b_cnt, mx, t_lo, hi0, goal, stored & one_k, nsplit, True,
-                                        IS_LOGITS, SPLIT_BLOCK, BLOCK, PIVOTS)
+            s_st, _ = _search_stored(p_ck, p_row, region, b_cnt, mx, t_lo, hi0, goal, stored & one_k, nsplit, True,
+                                     IS_LOGITS, SPLIT_BLOCK, BLOCK, PIVOTS)
             thr = tl.where(stored & one_k, s_st, thr)
             if NEED_W:
                 s_sp, f_sp = _search_stored(p_ck, p_row, region, b_cnt, mx, t_lo, hi0, goal, stored & one_p, nsplit,
                                             False, IS_LOGITS, SPLIT_BLOCK, BLOCK, PIVOTS)
                 thr = tl.where(stored & one_p, s_sp, thr)
+                # the k rows' kept weight: an empty search (lo = hi = s*) returns the weight at s*
                 _, m_st = _search_stored(p_ck, p_row, region, b_cnt, mx, thr, thr, goal, stored & one_k, nsplit,
                                          False, IS_LOGITS, SPLIT_BLOCK, BLOCK, PIVOTS)
                 mass = tl.where(stored, w_hi + tl.where(one_k, m_st, f_sp), mass)
