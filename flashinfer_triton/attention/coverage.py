@@ -21,18 +21,20 @@ import torch
 
 from ..kernels import AotConfig
 from ..kernels.attention.kernel import attention_kernel
-from .config import TABLE_TARGETS, TABLES, select_config
+from .config import TABLE_TARGETS, TABLES, group_constexpr, select_config
 from .device import DeviceInfo
 from .launcher import kernel_constexprs
 from .options import HEAD_DIM_QK_VO, KV_DTYPES, O_DTYPES, Q_DTYPES, make_options
 from .signature import aot_signature
 
 # Batch shapes that reach every rule of the tables: (max_qo_len, total rows).
-BATCH_SHAPES = ((1, 1), (512, 1 << 20), (1024, 1024), (2048, 1 << 20), (16384, 16384), (1 << 20, 1 << 20))
-GROUPS = (1, 2, 4, 8, 16, 32, 64, 128)
+BATCH_SHAPES = ((1, 1), (8, 8), (512, 1 << 20), (1024, 1024), (2048, 1 << 20), (16384, 16384), (1 << 20, 1 << 20))
+GROUPS = (1, 2, 3, 4, 6, 8, 16, 32, 64, 128)  # 3 and 6: small groups passed at run time
 # Axes: the fields of a launchable configuration. "shape" is the block shape and launch options.
-AXES = ("shape", "head_dim", "head_dim_vo", "q", "kv", "o", "paged", "causal", "window", "soft_cap", "pos_enc",
-        "custom_mask", "sinks", "write_lse")
+AXES = ("shape", "group_c", "head_dim", "head_dim_vo", "q", "kv", "o", "paged", "causal", "window", "soft_cap",
+        "pos_enc", "custom_mask", "sinks", "write_lse")
+# A group the kernel takes at run time (GROUP_C 0), for the compiled rows that need one.
+RUNTIME_GROUP = 3
 # Options the tables and the kernel treat independently of everything else.
 FREE_AXES = {"o": O_DTYPES, "paged": (False, True), "window": (False, True), "soft_cap": (False, True),
              "sinks": (False, True), "write_lse": (False, True)}
@@ -76,8 +78,8 @@ def coupled_configs(backend: str) -> Tuple[Dict[str, object], ...]:
                 cfg = select_config(opts, device, max_qo, rows, 16)
             except NotImplementedError:  # a combination the launchers refuse
                 continue
-            row = dict(shape=_shape(cfg), head_dim=hd, head_dim_vo=hd_vo, q=q, kv=kv, causal=opts.causal,
-                       pos_enc=pos_enc, custom_mask=mask)
+            row = dict(shape=_shape(cfg), group_c=group_constexpr(group), head_dim=hd, head_dim_vo=hd_vo, q=q, kv=kv,
+                       causal=opts.causal, pos_enc=pos_enc, custom_mask=mask)
             out[tuple(row.values())] = row
     return tuple(out.values())
 
@@ -148,13 +150,15 @@ def config_name(row: Dict[str, object], backend: str = "cuda") -> str:
     flags = "".join(c for c, k in (("P", "paged"), ("C", "causal"), ("W", "window"), ("S", "soft_cap"),
                                    ("M", "custom_mask"), ("K", "sinks"), ("L", "write_lse")) if row[k])
     dt = "_".join(str(row[k]).replace("torch.", "").replace("float", "f") for k in ("q", "kv", "o"))
-    return f"attn_{backend}_{bm}x{bn}w{w}s{s}m{mm}_d{row['head_dim']}v{row['head_dim_vo']}_{dt}_pe{row['pos_enc']}_{flags}"
+    return (f"attn_{backend}_{bm}x{bn}w{w}s{s}m{mm}_g{row['group_c']}_d{row['head_dim']}v{row['head_dim_vo']}_{dt}"
+            f"_pe{row['pos_enc']}_{flags}")
 
 
 def aot_config(row: Dict[str, object], backend: str = "cuda") -> AotConfig:
     """The compiled form of one covering row, for its backend's targets."""
     bm, bn, warps, stages, merge_m, merge_c, precision = row["shape"]
-    opts = make_options(num_qo_heads=1, num_kv_heads=1, head_dim=row["head_dim"], head_dim_vo=row["head_dim_vo"],
+    opts = make_options(num_qo_heads=row["group_c"] or RUNTIME_GROUP, num_kv_heads=1, head_dim=row["head_dim"],
+                        head_dim_vo=row["head_dim_vo"],
                         q_data_type=row["q"], kv_data_type=row["kv"], o_data_type=row["o"], paged=row["paged"],
                         causal=row["causal"], custom_mask=row["custom_mask"],
                         pos_encoding_mode=("NONE", "ROPE_LLAMA", "ALIBI")[row["pos_enc"]],
@@ -216,7 +220,7 @@ def row_of(launcher, q_dtype, kv_dtype, o_dtype, has_window: bool, write_lse: bo
     cfg = launcher.cfg
     return dict(shape=(cx["BLOCK_M"], cx["BLOCK_N"], cfg.num_warps, cfg.num_stages, cx["MERGE_M"],
                        cx["MERGE_BLOCK_C"], cx["DOT_PRECISION"]),
-                head_dim=cx["HEAD_DIM"], head_dim_vo=cx["HEAD_DIM_VO"], q=q_dtype, kv=kv_dtype, o=o_dtype,
+                group_c=cx["GROUP_C"], head_dim=cx["HEAD_DIM"], head_dim_vo=cx["HEAD_DIM_VO"], q=q_dtype, kv=kv_dtype, o=o_dtype,
                 paged=cx["PAGED"], causal=cx["CAUSAL"], window=cx["HAS_WINDOW"], soft_cap=cx["SOFT_CAP"],
                 pos_enc=cx["POS_ENC"], custom_mask=cx["CUSTOM_MASK"], sinks=cx["HAS_SINKS"], write_lse=cx["WRITE_LSE"])
 

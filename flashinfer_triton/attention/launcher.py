@@ -21,7 +21,7 @@ import torch
 from .._launch import launch
 from .._utils import LOG2E
 from ..kernels.attention.kernel import attention_kernel
-from .config import KernelConfig, block_d
+from .config import KernelConfig, block_d, group_constexpr
 from .kv import KVView
 from .options import AttentionOptions
 from .signature import CONSTEXPR_ARGS, META_FIELDS, PARAM_TENSORS, PLAN_ARGS
@@ -90,6 +90,7 @@ def kernel_constexprs(opts: AttentionOptions, cfg: KernelConfig, has_window: boo
         MASK_HOOK=None if variant is None else variant.logits_mask,
         RANGE_HOOK=None if variant is None else variant.kv_range,
         USE_SOFTMAX=True if variant is None else variant.use_softmax, DOT_PRECISION=cfg.dot_precision,
+        GROUP_C=group_constexpr(opts.group),
     )
     return {name: values[name] for name in CONSTEXPR_ARGS}
 

@@ -61,13 +61,14 @@ def attention_kernel(
     CUSTOM_MASK: tl.constexpr, HAS_SINKS: tl.constexpr, WRITE_LSE: tl.constexpr, MERGE_M: tl.constexpr,
     MERGE_BLOCK_C: tl.constexpr,
     LOGITS_HOOK: tl.constexpr, MASK_HOOK: tl.constexpr, RANGE_HOOK: tl.constexpr, USE_SOFTMAX: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, GROUP_C: tl.constexpr,
 ):
     """Shapes (elements): q [N_q, H_qo, HEAD_DIM]; paged K/V addressed as
     ``page * stride_kp + slot * stride_kt + head * stride_kh`` (ragged: ``token * stride_kt + ...``);
     o [N_q, H_qo, HEAD_DIM_VO]; lse [N_q, H_qo] float32 (base 2); partials float32
     part_o [rows, H_qo, HEAD_DIM_VO], part_lse [rows, H_qo]. POS_ENC: 0 none, 1 RoPE (llama),
-    2 ALiBi. ``sm_scale_log2`` is ``sm_scale * log2(e)``, or ``sm_scale / soft_cap`` with SOFT_CAP."""
+    2 ALiBi. ``sm_scale_log2`` is ``sm_scale * log2(e)``, or ``sm_scale / soft_cap`` with SOFT_CAP.
+    ``GROUP_C``: the GQA group as a constant (``config.CONSTANT_GROUPS``), or 0 for ``group`` at run time."""
     item = tl.program_id(0)
     kv_head = tl.program_id(1)
     req, q_start, kv_start, kv_end, qo_begin, qo_len, kv_begin, kv_len, part_base = load_work_item(
@@ -75,6 +76,8 @@ def attention_kernel(
         item_kv_begin_ptr, item_kv_len_ptr, item_part_base_ptr)
     if req < 0:  # padding item of a CUDA-graph sized grid
         return
+    if GROUP_C > 0:  # a constant group: the row indices below fold to shifts and masks
+        group = GROUP_C
     tile_q = BLOCK_M // group
 
     # Rows of the tile: (query, head) pairs; queries sit at bottom-right aligned positions.
