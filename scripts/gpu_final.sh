@@ -19,6 +19,15 @@ for step in "$@"; do
              2>&1 | tee $RES/tune_decode.log | grep -v "^  FAILED" | tail -40 ;;
     tune-prefill) timeout ${STEP_TIMEOUT:-330} python3 benchmarks/tune_prefill.py --reps 10 --budget-s ${STEP_BUDGET:-280} ${TUNE_ARGS:-} 2>&1 | tee -a $RES/tune_prefill.log | grep -v "^  FAILED" | tail -45 ;;
     fi-cache) du -sh ~/.cache/flashinfer 2>/dev/null; find ~/.cache/flashinfer -name "*.so" -exec ls -la {} \; 2>/dev/null | awk '{print $5, $9}' | tail -20 ;;
+    # FlashInfer's compiled JIT modules, kept across calls: fi-cache-save packs every <name>/<name>.so of
+    # its JIT dir into $OUT/fi_so.tgz (comes back if under 16 MiB); copied here into .ficache/ (git-ignored)
+    # and carried, fi-cache-load unpacks it into the package's AOT dir (flashinfer/data/aot/<name>/<name>.so),
+    # which FlashInfer loads without compiling.
+    fi-cache-save) jit=$(python3 -c "import flashinfer.jit.env as e; print(e.FLASHINFER_JIT_DIR)"); rm -rf /tmp/ficache; mkdir -p /tmp/ficache;
+             for so in $jit/*/*.so; do [ -f "$so" ] || continue; n=$(basename $(dirname $so)); mkdir -p /tmp/ficache/$n; cp $so /tmp/ficache/$n/; done;
+             du -sh /tmp/ficache/* 2>/dev/null; tar czf $OUT_FINAL/fi_so.tgz -C /tmp/ficache . && ls -la $OUT_FINAL/fi_so.tgz ;;
+    fi-cache-load) aot=$(python3 -c "import flashinfer, os; print(os.path.join(os.path.dirname(flashinfer.__file__), 'data', 'aot'))");
+             if [ -f .ficache/fi_so.tgz ]; then mkdir -p $aot && tar xzf .ficache/fi_so.tgz -C $aot && ls $aot; else echo "no .ficache/fi_so.tgz carried"; fi ;;
     tune-sampling) timeout ${STEP_TIMEOUT:-300} python3 benchmarks/tune_sampling.py --reps 20 --budget-s ${STEP_BUDGET:-200} ${TUNE_ARGS:-} 2>&1 | tee $RES/tune_sampling.log | tail -40 ;;
     tune-mla) timeout ${STEP_TIMEOUT:-300} python3 benchmarks/tune_mla.py --reps 10 --budget-s ${STEP_BUDGET:-200} ${TUNE_ARGS:-} 2>&1 | tee $RES/tune_mla.log | grep -v "^  FAILED" | tail -25 ;;
     warm-fi-bg) (timeout 400 python3 benchmarks/warm_flashinfer.py --parts ${WARM_PARTS:-sampling ops decode prefill cascade} > $RES/warm_fi.log 2>&1 &) ;;
