@@ -22,11 +22,16 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+def peer_left_out() -> bool:
+    """``BENCH_NO_PEER=1``: FlashInfer is not run (a device call too short for its first-use compiles)."""
+    return os.environ.get("BENCH_NO_PEER") == "1"
+
+
 def try_import_flashinfer():
     """The comparison peer, or None when it is not installed (its JIT may compile on first use) or
     ``BENCH_NO_PEER=1`` leaves it out (a device call too short for FlashInfer's first-use compiles:
     its rows then come from an earlier run, which BENCHMARKS.md says)."""
-    if os.environ.get("BENCH_NO_PEER") == "1":
+    if peer_left_out():
         print("[harness] BENCH_NO_PEER=1: FlashInfer's rows are skipped")
         return None
     try:
@@ -134,7 +139,7 @@ def environment() -> Dict[str, str]:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if os.environ.get("BENCH_NO_PEER") == "1":
+    if peer_left_out():
         env["flashinfer"] = "not run (BENCH_NO_PEER=1)"
         return env
     try:

@@ -358,9 +358,8 @@ def _stored_f(p_ck, p_row, region, b_cnt, m, b_piv32, active, nsplit, COUNT: tl.
 @triton.jit
 def _search_stored(p_ck, p_row, region, b_cnt, m, lo, hi, target, active, nsplit, COUNT: tl.constexpr,
                    IS_LOGITS: tl.constexpr, SPLIT_BLOCK: tl.constexpr, BLOCK: tl.constexpr, P: tl.constexpr):
-    """``_search_block`` with f streamed over the stored candidates (``_stored_f``): the
-    threshold of a bracket that held it but more than CAP candidates. Returns (threshold, f at
-    it): the count or weight of the candidates at or above it."""
+    """``_search_row`` with f streamed over the stored candidates (``_stored_f``) instead of the
+    row: the threshold of a bracket that held it but more than CAP candidates."""
     act = active & (lo < hi)
     while tl.reduce(act.to(tl.int32), 0, _MAX) > 0:
         b_piv = _pivots(lo, hi, P)
@@ -368,9 +367,7 @@ def _search_stored(p_ck, p_row, region, b_cnt, m, lo, hi, target, active, nsplit
                                           IS_LOGITS, SPLIT_BLOCK, BLOCK)
         lo, hi = _narrow(lo, hi, b_piv, b_f, b_above, b_below, target, target * 0.0, act)
         act = act & (lo < hi)
-    f, _, _ = _stored_f(p_ck, p_row, region, b_cnt, m, lo[:, None].to(tl.int32), active, nsplit, COUNT, IS_LOGITS,
-                        SPLIT_BLOCK, BLOCK)
-    return lo, tl.reduce(f, 1, _SUM)
+    return lo
 
 
 @triton.jit
@@ -960,17 +957,17 @@ def sample_resolve_kernel(
                 goal = tl.where(one_k, kf - c_hi, target - w_hi)
             else:
                 goal = kf - c_hi
-            s_st, _ = _search_stored(p_ck, p_row, region, b_cnt, mx, t_lo, hi0, goal, stored & one_k, nsplit, True,
-                                     IS_LOGITS, SPLIT_BLOCK, BLOCK, PIVOTS)
+            s_st = _search_stored(p_ck, p_row, region, b_cnt, mx, t_lo, hi0, goal, stored & one_k, nsplit, True,
+                                  IS_LOGITS, SPLIT_BLOCK, BLOCK, PIVOTS)
             thr = tl.where(stored & one_k, s_st, thr)
             if NEED_W:
-                s_sp, f_sp = _search_stored(p_ck, p_row, region, b_cnt, mx, t_lo, hi0, goal, stored & one_p, nsplit,
-                                            False, IS_LOGITS, SPLIT_BLOCK, BLOCK, PIVOTS)
+                s_sp = _search_stored(p_ck, p_row, region, b_cnt, mx, t_lo, hi0, goal, stored & one_p, nsplit, False,
+                                      IS_LOGITS, SPLIT_BLOCK, BLOCK, PIVOTS)
                 thr = tl.where(stored & one_p, s_sp, thr)
-                # the k rows' kept weight: an empty search (lo = hi = s*) returns the weight at s*
-                _, m_st = _search_stored(p_ck, p_row, region, b_cnt, mx, thr, thr, goal, stored & one_k, nsplit,
-                                         False, IS_LOGITS, SPLIT_BLOCK, BLOCK, PIVOTS)
-                mass = tl.where(stored, w_hi + tl.where(one_k, m_st, f_sp), mass)
+                # the kept weight: the entries >= t_hi plus the stored candidates >= s*
+                f_st, _, _ = _stored_f(p_ck, p_row, region, b_cnt, mx, thr[:, None].to(tl.int32), stored, nsplit,
+                                       False, IS_LOGITS, SPLIT_BLOCK, BLOCK)
+                mass = tl.where(stored, w_hi + tl.reduce(f_st, 1, _SUM), mass)
             s_k = tl.where(stored & one_k, thr, s_k)
             need = need & (stored == 0)
     path = tl.where(on, tl.where(fast, tl.where(t_hi == _KEY_MAX, 1, 2), tl.where(stored, _PATH_STORED, 3)), 0)
